@@ -1,0 +1,3 @@
+from coto_tools.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""Atomic outputs: write into a temporary sibling, then rename into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from coto_tools.errors import CotoError, OutputExistsError
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, force: bool = False, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success rename it to ``path``.
+
+    A failure (or a kill) leaves ``path`` as it was; the temporary sibling is removed on
+    exceptions (a SIGKILL can leave a ``.<name>.tmp-*`` sibling behind, never ``path`` itself).
+    An existing ``path`` is refused unless ``force``.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path}: output exists; pass --force to overwrite it")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CotoError(f"{parent}: cannot create output directory: {exc.strerror or exc}") from exc
+    prefix = f".{path.name}.tmp-"
+    try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as exc:
+        raise CotoError(f"{parent}: cannot write here: {exc.strerror or exc}") from exc
+    try:
+        yield tmp
+        if path.exists():
+            if not force:
+                raise OutputExistsError(f"{path}: output appeared while writing; not overwritten")
+            old = parent / f".{path.name}.old-{os.getpid()}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str, *, force: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically (overwrites by default: for run outputs)."""
+    with atomic_path(path, force=force) as tmp:
+        tmp.write_text(text)
+    return Path(path)
