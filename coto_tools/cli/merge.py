@@ -1,0 +1,109 @@
+"""``coto-tools merge A B [C ...]``: merge LoRA adapters without loading a base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from coto_tools.cli._app import app
+from coto_tools.errors import OptionError
+from coto_tools.merge import (
+    KnotsMerge,
+    MajoritySign,
+    MergeConfig,
+    MergeMethod,
+    MergeSpace,
+    merge_files,
+)
+
+
+def _parse_weights(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise OptionError(
+            f"--weights must be comma-separated numbers like 0.5,0.5 or -1,1, got {text!r}"
+        ) from None
+
+
+@app.command("merge")
+def merge_cmd(
+    inputs: list[Path] = typer.Argument(
+        ..., help="Adapters: PEFT directories, adapter_model.safetensors, or bare .safetensors."
+    ),
+    method: MergeMethod = typer.Option(
+        MergeMethod.CAT,
+        "--method",
+        help="linear, task-arithmetic (arXiv 2212.04089), ties (arXiv 2306.01708), dare-linear / "
+        "dare-ties (arXiv 2311.03099), magnitude-prune, cat (exact, ranks add up), svd, or knots "
+        "(KnOTS, arXiv 2410.19735: SVD of [ΔW_1 ... ΔW_n] = U S [V_1ᵀ ... V_nᵀ], the S V_iᵀ blocks "
+        "merged with --knots-merge, ΔW = U · merged). Default cat: with the default weights, the "
+        "exact average of the adapters' deltas.",
+    ),
+    weights: str | None = typer.Option(
+        None,
+        "--weights",
+        help="One weight per input, comma-separated (negative allowed, no need to sum to 1). "
+        "Default 1/n each for linear, dare-linear, magnitude-prune, cat, svd; 1 each otherwise.",
+    ),
+    density: float | None = typer.Option(
+        None,
+        "--density",
+        help="Fraction of entries kept, in (0, 1] (ties, dare-*, magnitude-prune, knots). "
+        "Default 0.5.",
+    ),
+    majority_sign: MajoritySign = typer.Option(
+        MajoritySign.TOTAL,
+        "--majority-sign",
+        help="TIES sign election: total (sum) or frequency (count).",
+    ),
+    space: MergeSpace | None = typer.Option(
+        None,
+        "--space",
+        help="factor: A and B merged separately, as PEFT's add_weighted_adapter (default for "
+        "linear, ties, dare-*, magnitude-prune; needs equal ranks). delta: on s·B@A, "
+        "re-factored by SVD (default and only space of cat, svd, knots; default of "
+        "task-arithmetic).",
+    ),
+    rank: int | None = typer.Option(
+        None, "--rank", help="Output rank in delta space (default: the sum of the input ranks)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of DARE's random masks."),
+    knots_merge: KnotsMerge = typer.Option(
+        KnotsMerge.TIES,
+        "--knots-merge",
+        help="How knots merges the aligned blocks: ties or task-arithmetic.",
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="LoRA alpha for bare inputs without metadata."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Read .bin inputs (torch.load weights_only=True)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Output: a path ending in .safetensors gives a bare file, anything else a PEFT "
+        "directory. Default merged/ beside the first input (merged-2/, ... if taken).",
+    ),
+) -> None:
+    """Merge LoRA adapters module by module, streaming from disk; no base model is loaded."""
+    config = MergeConfig(
+        method=method,
+        weights=_parse_weights(weights),
+        density=density,
+        majority_sign=majority_sign,
+        space=space,
+        rank=rank,
+        seed=seed,
+        knots_merge=knots_merge,
+    )
+    result = merge_files(
+        inputs, config, out, force=force, alpha=alpha, allow_pickle=allow_pickle, progress=True
+    )
+    for line in result.report.summary():
+        typer.echo(line)

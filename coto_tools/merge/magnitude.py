@@ -1,0 +1,51 @@
+"""Magnitude pruning: keep the largest-magnitude fraction of entries, then a weighted sum.
+
+The ``magnitude_prune`` merge of PEFT's ``add_weighted_adapter`` (trim step of TIES, Yadav et al.
+2023, arXiv 2306.01708, without sign election).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from coto_tools.merge.task_arithmetic import stack_weights
+
+
+def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
+    """Boolean mask of the ``k = int(density · numel)`` largest ``|tensor|`` entries.
+
+    The same set as ``torch.topk(|t|, k)`` (PEFT's ``magnitude_based_pruning``) whenever the
+    k-th largest magnitude is not tied; ties at the threshold are broken by flat index (first
+    kept), so exactly ``k`` entries are kept. Uses ``kthvalue`` (faster than ``topk`` for large k).
+    """
+    flat = tensor.abs().reshape(-1)
+    n = flat.numel()
+    k = int(density * n)
+    if k >= n:
+        return torch.ones_like(tensor, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(tensor, dtype=torch.bool)
+    threshold = torch.kthvalue(flat, n - k + 1).values
+    above = flat > threshold
+    need = k - int(above.sum())
+    tied = torch.nonzero(flat == threshold).reshape(-1)
+    mask = above.clone()
+    mask[tied[:need]] = True
+    return mask.reshape(tensor.shape)
+
+
+def magnitude_trim(tensor: torch.Tensor, density: float) -> torch.Tensor:
+    """``tensor`` with all but its top-``density`` magnitudes zeroed; density >= 1 is a no-op."""
+    if density >= 1.0:
+        return tensor
+    return tensor * magnitude_mask(tensor, density).to(tensor.dtype)
+
+
+def magnitude_prune(
+    tensors: Sequence[torch.Tensor], weights: torch.Tensor, density: float
+) -> torch.Tensor:
+    """Trim each tensor to its top-``density`` magnitudes, then ``sum_i w_i τ̂_i``."""
+    trimmed = torch.stack([magnitude_trim(t, density) for t in tensors], dim=0)
+    return (trimmed * stack_weights(trimmed, weights)).sum(dim=0)

@@ -1,0 +1,295 @@
+"""A pruning run over checkpoints: strategies, fraction sweeps and the rank sweep, per checkpoint.
+
+One gated evaluator is built per checkpoint and reused for every strategy and sweep point (its
+cache means a configuration is evaluated once). The rank sweep evaluates truncated copies of
+the adapter, so it builds one evaluator per rank.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from coto_tools.adapters.io import load_adapter
+from coto_tools.adapters.keys import strip_peft_prefix
+from coto_tools.adapters.lora import LoraAdapter
+from coto_tools.errors import CheckpointError, OptionError, TaskError
+from coto_tools.prune.rank import RankCurve, rank_grid, rank_sweep
+from coto_tools.prune.strategies import (
+    Strategy,
+    StrategyKind,
+    parse_strategies,
+    resolve_players,
+    select_strategy,
+)
+from coto_tools.prune.sweeps import GateEvaluator, SweepCurve, SweepOrder, fraction_sweep, removal_order
+from coto_tools.tasks.base import METRIC_NAMES, Metrics, Task
+
+RUN_FILE = "coto.json"
+OUTPUT_FILES = ("prune.csv", "prune_curves.csv", "prune_auc.csv", "prune_strategies.png",
+                "prune_curves.png", "prune_report.md")  # fmt: skip
+
+EvaluatorFactory = Callable[[Task, LoraAdapter, str], GateEvaluator]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """One ``coto-tools prune`` run. ``labels``: one per checkpoint, or empty for each
+    ``coto.json``'s method; ``shapley``: one ``shapley.csv`` for all checkpoints or one per
+    checkpoint; ``strategies``: names (see :mod:`coto_tools.prune.strategies`), ``None`` for
+    the paper's eight; ``ranks``: ``None`` for ``r, r/2, ..., 1``."""
+
+    checkpoints: tuple[Path, ...]
+    labels: tuple[str, ...] = ()
+    task: str | None = None
+    split: str = "eval"
+    metric: str = "accuracy"
+    strategies: tuple[str, ...] | None = None
+    steps: int = 10
+    seeds: tuple[int, ...] = (0, 1, 2)
+    ranks: tuple[int, ...] | None = None
+    curves: bool = True
+    rank_sweep: bool = True
+    shapley: tuple[Path, ...] = ()
+    out: Path | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoints", tuple(Path(p) for p in self.checkpoints))
+        object.__setattr__(self, "shapley", tuple(Path(p) for p in self.shapley))
+        if not self.checkpoints:
+            raise OptionError("no checkpoints given: coto-tools prune CKPT [CKPT ...]")
+        if len(set(self.checkpoints)) != len(self.checkpoints):
+            raise OptionError("a checkpoint is given twice")
+        if self.labels and len(self.labels) != len(self.checkpoints):
+            raise OptionError(
+                f"--label given {len(self.labels)} time(s); {len(self.checkpoints)} needed "
+                "(one per checkpoint)"
+            )
+        if self.split not in ("eval", "quick"):
+            raise OptionError(f"--split {self.split!r}: allowed eval, quick")
+        if self.metric not in METRIC_NAMES:
+            raise OptionError(f"--metric {self.metric!r}: allowed {', '.join(METRIC_NAMES)}")
+        if self.steps < 1:
+            raise OptionError(f"--steps {self.steps}: must be >= 1")
+        if not self.seeds:
+            raise OptionError("--seeds: give at least one seed")
+        if self.ranks is not None:
+            rank_grid(max(max(self.ranks, default=1), 1), self.ranks)
+        if self.shapley and len(self.shapley) not in (1, len(self.checkpoints)):
+            raise OptionError(
+                f"--shapley given {len(self.shapley)} time(s): give one file for all "
+                f"checkpoints or one per checkpoint ({len(self.checkpoints)})"
+            )
+        missing = [str(p) for p in self.shapley if not p.is_file()]
+        if missing:
+            raise OptionError(f"--shapley: no such file: {', '.join(missing)}")
+        needs = [s.name for s in self.strategy_list() if s.kind.value.startswith("shapley")]
+        if needs and not self.shapley:
+            raise OptionError(f"strategy {needs[0]} needs --shapley shapley.csv")
+
+    def strategy_list(self) -> list[Strategy]:
+        return parse_strategies(self.strategies, seeds=self.seeds)
+
+    def out_dir(self) -> Path:
+        if self.out is not None:
+            return self.out
+        first = self.checkpoints[0]
+        return (first if first.is_dir() else first.parent) / "prune"
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    strategy: Strategy
+    kept: tuple[str, ...]
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """Everything measured on one checkpoint; ``full``/``empty``: all adapters on / off."""
+
+    path: str
+    label: str
+    task: str
+    modules: tuple[str, ...]
+    full: Metrics
+    empty: Metrics
+    strategies: tuple[StrategyResult, ...]
+    curves: tuple[SweepCurve, ...] = ()
+    rank: RankCurve | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    config: PruneConfig
+    checkpoints: tuple[CheckpointResult, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def metric(self) -> str:
+        return self.config.metric
+
+    @property
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(c.label for c in self.checkpoints))
+
+
+def read_shapley_csv(path: str | Path) -> dict[str, float]:
+    """``player -> value`` from a ``shapley.csv`` (columns player, ..., value, ...)."""
+    p = Path(path)
+    try:
+        with p.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise OptionError(f"--shapley {p}: cannot read: {exc.strerror or exc}") from exc
+    if not rows or "player" not in rows[0] or "value" not in rows[0]:
+        raise OptionError(f"--shapley {p}: need a CSV with columns player and value")
+    out: dict[str, float] = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            v = float(row["value"])
+        except (TypeError, ValueError):
+            raise OptionError(f"--shapley {p}: line {i}: value {row['value']!r} is not a number") from None
+        if not math.isfinite(v):
+            raise OptionError(f"--shapley {p}: line {i}: value {v} is not finite")
+        name = strip_peft_prefix(str(row["player"]))
+        if name in out:
+            raise OptionError(f"--shapley {p}: player {name} appears twice")
+        out[name] = v
+    return out
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    f = (path if path.is_dir() else path.parent) / RUN_FILE
+    if not f.is_file():
+        return None
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{f}: cannot read: {exc}") from exc
+    return rec if isinstance(rec, dict) else None
+
+
+def resolve_task(name: str | None, path: Path, rec: Mapping[str, Any] | None) -> Task:
+    """``--task`` if given, else the task ``coto.json`` names."""
+    from coto_tools.tasks import get_task
+
+    if name is not None:
+        return get_task(name)
+    if rec is None or "task" not in rec:
+        raise TaskError(f"{path}: no {RUN_FILE} naming its task; pass --task")
+    return get_task(str(rec["task"]), **dict(rec.get("task_variant") or {}))
+
+
+def default_evaluator(task: Task, adapter: LoraAdapter, split: str) -> GateEvaluator:
+    from coto_tools.runtime.evaluator import Evaluator
+
+    return Evaluator(task, adapter, split=split)
+
+
+def _gates(names: Sequence[str], on: Sequence[str]) -> dict[str, float]:
+    keep = set(on)
+    return {n: (1.0 if n in keep else 0.0) for n in names}
+
+
+def prune_checkpoint(
+    config: PruneConfig,
+    index: int,
+    *,
+    factory: EvaluatorFactory = default_evaluator,
+    progress: bool = False,
+) -> CheckpointResult:
+    """Strategies, sweeps and the rank sweep of ``config.checkpoints[index]``."""
+    path = config.checkpoints[index]
+    rec = read_record(path)
+    label = config.labels[index] if config.labels else str((rec or {}).get("method", "adapter"))
+    adapter = load_adapter(path)
+    task = resolve_task(config.task, path, rec)
+    names = adapter.names
+    shapley = None
+    if config.shapley:
+        shapley = read_shapley_csv(config.shapley[min(index, len(config.shapley) - 1)])
+        resolve_players(names, shapley)  # fails early, naming the mismatch
+    norms = {n: m.delta_norm() for n, m in adapter.modules.items()}
+    explicit = config.strategies is not None
+    notes: list[str] = []
+    plan: list[Strategy] = []
+    for s in config.strategy_list():
+        try:
+            select_strategy(names, s, shapley=shapley, norms=norms)
+        except OptionError as exc:
+            if explicit or s.kind is not StrategyKind.kind or "no adapter of that kind" not in str(exc):
+                raise
+            notes.append(f"{s.name} skipped: {exc}")
+            continue
+        plan.append(s)
+    orders: list[tuple[SweepOrder, int | None]] = []
+    if config.curves:
+        if shapley is not None:
+            orders += [(SweepOrder.shapley_asc, None), (SweepOrder.shapley_desc, None)]
+        orders.append((SweepOrder.norm_asc, None))
+        orders += [(SweepOrder.random, s) for s in config.seeds]
+    ev = factory(task, adapter, config.split)
+    bar = tqdm(total=2 + len(plan) + len(orders), desc=path.name, disable=not progress)
+    full = ev.value(_gates(names, names))
+    empty = ev.value(_gates(names, ()))
+    bar.update(2)
+    results = []
+    for s in plan:
+        kept = select_strategy(names, s, shapley=shapley, norms=norms)
+        results.append(StrategyResult(s, tuple(kept), ev.value(_gates(names, kept))))
+        bar.update(1)
+    curves = []
+    for order, seed in orders:
+        ordering = removal_order(names, order, shapley=shapley, norms=norms, seed=seed or 0)
+        name = order.value if seed is None else f"random/seed{seed}"
+        curves.append(fraction_sweep(ev, ordering, config.steps, name=name, seed=seed))
+        bar.update(1)
+    bar.close()
+    rank = None
+    if config.rank_sweep:
+
+        def evaluate(truncated: LoraAdapter) -> Metrics:
+            return factory(task, truncated, config.split).value(_gates(names, names))
+
+        rank = rank_sweep(evaluate, adapter, config.ranks, progress=progress)
+    return CheckpointResult(
+        path=str(path),
+        label=label,
+        task=task.name,
+        modules=tuple(names),
+        full=full,
+        empty=empty,
+        strategies=tuple(results),
+        curves=tuple(curves),
+        rank=rank,
+        notes=tuple(notes),
+    )
+
+
+def run_prune(
+    config: PruneConfig,
+    *,
+    factory: EvaluatorFactory = default_evaluator,
+    progress: bool = False,
+) -> PruneResult:
+    """Every checkpoint of ``config`` (see :func:`prune_checkpoint`); checks inputs first."""
+    missing = [str(p) for p in config.checkpoints if not p.exists()]
+    if missing:
+        raise CheckpointError(f"no such checkpoint(s): {', '.join(missing)}")
+    out = [
+        prune_checkpoint(config, i, factory=factory, progress=progress)
+        for i in range(len(config.checkpoints))
+    ]
+    tasks = sorted({c.task for c in out})
+    notes = () if len(tasks) == 1 else (f"checkpoints evaluated on different tasks: {tasks}",)
+    return PruneResult(config, tuple(out), notes)

@@ -1,0 +1,101 @@
+"""The task contract: a frozen base model, data, and a differentiable head producing logits.
+
+Every analysis evaluates through :class:`Task`; the evaluator and the trainer rely only on the
+methods below. Built-in tasks live in this package; users can plug in their own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+SPLITS = ("train", "eval", "quick")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model inputs for ``n`` examples (already tokenised) and their integer labels ``(n,)``."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Accuracy, mean cross-entropy, and mean log-probability of the true label."""
+
+    accuracy: float
+    loss: float
+    logprob: float
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "loss": self.loss, "logprob": self.logprob, "n": self.n}
+
+    def get(self, metric: str) -> float:
+        if metric not in ("accuracy", "loss", "logprob"):
+            raise KeyError(metric)
+        return float(getattr(self, metric))
+
+
+METRIC_NAMES = ("logprob", "accuracy", "loss")
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
+    """Metrics of one forward pass. ``logits: (n, C)``, ``labels: (n,)``; float64 reductions."""
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    true_lp = lp.gather(1, labels.view(-1, 1)).squeeze(1)
+    acc = (logits.argmax(dim=-1) == labels).double().mean()
+    return Metrics(
+        accuracy=float(acc),
+        loss=float(-true_lp.mean()),
+        logprob=float(true_lp.mean()),
+        n=int(labels.shape[0]),
+    )
+
+
+class Task(ABC):
+    """A classification (or scoring) task over a frozen base model.
+
+    Contract used by the evaluator and the trainer:
+
+    - :meth:`build_model` returns a fresh frozen base model (eval mode, no ``requires_grad``).
+    - :meth:`default_targets` names the ``nn.Linear`` modules adapters go into by default.
+    - :meth:`batches` returns the split's examples tokenised once, in fixed order, as batches.
+    - :meth:`train_batch` returns the training examples at ``indices`` as one batch.
+    - :meth:`logits` maps (model, batch) to ``(n, n_classes)`` logits, differentiably.
+    """
+
+    name: str = "task"
+    labels: tuple[str, ...] = ()
+    description: str = ""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abstractmethod
+    def default_targets(self) -> list[str]: ...
+
+    @abstractmethod
+    def batches(self, split: str, batch_size: int = 64) -> list[Batch]: ...
+
+    @abstractmethod
+    def train_size(self) -> int: ...
+
+    @abstractmethod
+    def train_batch(self, indices: np.ndarray) -> Batch: ...
+
+    @abstractmethod
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def split_sizes(self) -> dict[str, int]:
+        return {s: sum(len(b) for b in self.batches(s)) for s in ("eval", "quick")} | {
+            "train": self.train_size()
+        }
