@@ -14,7 +14,7 @@ subprocess (peak RSS = the child's ``ru_maxrss``; ``baseline`` = RSS after impor
 
 Outputs are compared afterwards (factor: max |A - A'|, |B - B'|; delta: max relative error of
 ``B @ A`` per module). Rerun: ``python benchmarks/bench_merge.py [--layers N] [--spaces
-factor,delta] [--no-peft]``.
+factor,delta] [--no-peft] [--threads T]``.
 """
 
 from __future__ import annotations
@@ -164,20 +164,7 @@ def child_peft(space: str, inputs: list[str], out: str, layers: int) -> dict:
     }
 
 
-def _run_child(args: list[str]) -> dict:
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {args[0]} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["process_s"] = time.perf_counter() - t0
-    return out
-
-
 def compare(ours: Path, peft_dir: Path, space: str) -> str:
-    import torch
 
     from coto_tools.adapters import open_checkpoint
 
@@ -204,10 +191,17 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--spaces", default="factor,delta")
     ap.add_argument("--no-peft", action="store_true")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads in each child (0: default)"
+    )
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, space, out, *inputs = args.child
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
         if kind == "coto":
             res = child_coto(space, inputs, out)
         else:
@@ -225,11 +219,13 @@ def main() -> None:
         inputs = make_inputs(root, args.layers)
         print(
             f"2 adapters: {args.layers} layers x 7 projections (hidden {HIDDEN}, intermediate "
-            f"{INTER}), r={RANK}, float32; TIES density {DENSITY}, weights 1,1"
+            f"{INTER}), r={RANK}, float32; TIES density {DENSITY}, weights 1,1; torch threads "
+            f"per child: {args.threads or 'default'}"
         )
         for space in args.spaces.split(","):
             ours = root / f"coto-{space}"
-            c = _run_child(["coto", space, str(ours), *map(str, inputs)])
+            argv = ["--layers", str(args.layers), "--threads", str(args.threads)]
+            c = _run_child_layers(["coto", space, str(ours), *map(str, inputs)], argv)
             line = (
                 f"[{space}] coto-tools: {c['wall_s']:.2f} s (process {c['process_s']:.1f} s), "
                 f"peak RSS {c['peak_mb']:.0f} MB (after imports {c['baseline_mb']:.0f} MB)"
@@ -241,7 +237,6 @@ def main() -> None:
                 print(f"[{space}] PEFT: not measured (peft not importable or --no-peft)")
                 continue
             pdir = root / f"peft-{space}"
-            argv = ["--layers", str(args.layers)]
             p = _run_child_layers(["peft", space, str(pdir), *map(str, inputs)], argv)
             print(
                 f"[{space}] PEFT add_weighted_adapter: {p['wall_s']:.2f} s (load {p['load_s']:.2f}"

@@ -12,7 +12,7 @@ import torch
 from coto_tools.adapters.io import save_adapter
 from coto_tools.adapters.lora import LoraAdapter, LoraModule
 from coto_tools.cli import main
-from coto_tools.lmc import PointEvaluator, Space
+from coto_tools.runtime.evaluator import Evaluator
 from coto_tools.tasks import get_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -92,8 +92,8 @@ def test_pair_outputs_and_exact_endpoints(runs: dict[str, Path], tmp_path: Path,
 
     tiny = get_task("tiny")
     for name, a in (("r1", "0.0"), ("r2", "1.0")):
-        ev = PointEvaluator(tiny, {"x": load_adapter(runs[name])})
-        own = ev.value(Space.delta, {"x": 1.0})
+        adapter = load_adapter(runs[name])
+        own = Evaluator(tiny, adapter).value(dict.fromkeys(adapter.modules, 1.0))
         for r in rows:
             if r["a"] == a:
                 assert float(r["loss"]) == own.loss and float(r["accuracy"]) == own.accuracy
@@ -102,9 +102,26 @@ def test_pair_outputs_and_exact_endpoints(runs: dict[str, Path], tmp_path: Path,
 
 
 def test_several_pairs_labels_and_default_out(runs: dict[str, Path], capsys) -> None:
-    argv = ["lmc", "--pair", str(runs["r1"]), str(runs["r2"]), "--pair", str(runs["c1"]),
-            str(runs["c2"]), "--label", "lora", "--label", "coto", "--points", "2",
-            "--space", "delta", "--split", "quick", "--quiet"]
+    argv = [
+        "lmc",
+        "--pair",
+        str(runs["r1"]),
+        str(runs["r2"]),
+        "--pair",
+        str(runs["c1"]),
+        str(runs["c2"]),
+        "--label",
+        "lora",
+        "--label",
+        "coto",
+        "--points",
+        "2",
+        "--space",
+        "delta",
+        "--split",
+        "quick",
+        "--quiet",
+    ]
     main(argv)
     out = runs["r1"] / "lmc"
     rows = _rows(out / "lmc.csv")
@@ -117,21 +134,51 @@ def test_several_pairs_labels_and_default_out(runs: dict[str, Path], capsys) -> 
 
 def test_from_zero_starts_at_the_base_model(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "z"
-    main(["lmc", str(runs["r1"]), "--from-zero", "--max-scale", "1.5", "--points", "3",
-          "--space", "delta", "--out", str(out), "--quiet"])
+    main(
+        [
+            "lmc",
+            str(runs["r1"]),
+            "--from-zero",
+            "--max-scale",
+            "1.5",
+            "--points",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     rows = _rows(out / "lmc.csv")
-    assert [r["a"] for r in rows] == ["0.0", "0.5", "1.0", "1.5"]
+    assert [r["a"] for r in rows] == ["0.0", "0.5", "1.0", "1.5"] * 2  # delta, then factor
     tiny = get_task("tiny")
-    from coto_tools.train.loop import evaluate
+    from coto_tools.adapters.io import load_adapter
+    from coto_tools.runtime.evaluator import Evaluator
 
-    base = evaluate(tiny, tiny.build_model(), "eval")
-    assert float(rows[0]["loss"]) == base.loss and float(rows[0]["accuracy"]) == base.accuracy
+    base = Evaluator(tiny, load_adapter(runs["r1"])).value({})
+    for r in (rows[0], rows[4]):
+        assert float(r["loss"]) == base.loss and float(r["accuracy"]) == base.accuracy
 
 
 def test_plane(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "p"
-    main(["lmc", str(runs["r1"]), str(runs["r2"]), str(runs["c1"]), "--plane", "--grid", "3",
-          "--margin", "0.5", "--out", str(out), "--quiet"])
+    main(
+        [
+            "lmc",
+            str(runs["r1"]),
+            str(runs["r2"]),
+            str(runs["c1"]),
+            "--plane",
+            "--grid",
+            "3",
+            "--margin",
+            "0.5",
+            "--split",
+            "quick",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert sorted(p.name for p in out.iterdir()) == ["lmc.json", "lmc_plane.csv", "lmc_plane.png"]
     plane = json.loads((out / "lmc.json").read_text())["plane"]
     assert set(plane["corners"]) == {"lora s1", "lora s2", "coto s11"}
@@ -145,6 +192,7 @@ def test_plane(runs: dict[str, Path], tmp_path: Path) -> None:
         (["--points", "1"], "--points"),
         (["--space", "sideways"], "sideways"),
         (["--plane", "--grid", "5"], "3 checkpoints"),
+        (["--space", "factor", "--plane"], "delta space only"),
         (["--from-zero", "--max-scale", "0.5"], "--max-scale"),
     ],
 )
@@ -153,13 +201,6 @@ def test_bad_options_exit_2_nothing_written(runs, tmp_path, capsys, extra, match
     err = _fail(["lmc", str(runs["r1"]), str(runs["r2"]), "--out", str(out), *extra], capsys)
     assert match in err
     assert not out.exists()
-
-
-def test_task_option_overrides_differing_tasks(runs: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "t"
-    main(["lmc", str(runs["r1"]), str(runs["other"]), "--task", "tiny", "--points", "2",
-          "--space", "delta", "--out", str(out), "--quiet"])
-    assert json.loads((out / "lmc.json").read_text())["task"] == "tiny"
 
 
 def test_bad_inputs_exit_2_nothing_written(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -175,7 +216,9 @@ def test_bad_inputs_exit_2_nothing_written(runs: dict[str, Path], tmp_path: Path
     assert "--plane" in err
     err = _fail(["lmc", str(runs["r1"]), str(runs["r1"]), *base], capsys)
     assert "twice" in err
-    err = _fail(["lmc", str(runs["r1"]), str(runs["r2"]), "--label", "x", *base], capsys)
+    err = _fail(
+        ["lmc", str(runs["r1"]), str(runs["r2"]), "--label", "x", "--label", "y", *base], capsys
+    )
     assert "--label" in err
     err = _fail(["lmc", "--pair", str(runs["r1"]), *base], capsys)
     assert "--pair" in err
@@ -186,6 +229,22 @@ def test_bad_inputs_exit_2_nothing_written(runs: dict[str, Path], tmp_path: Path
 
 def test_task_option_overrides_differing_tasks(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "t"
-    main(["lmc", str(runs["r1"]), str(runs["other"]), "--task", "tiny", "--points", "2",
-          "--space", "delta", "--out", str(out), "--quiet"])
+    main(
+        [
+            "lmc",
+            str(runs["r1"]),
+            str(runs["other"]),
+            "--task",
+            "tiny",
+            "--points",
+            "2",
+            "--space",
+            "delta",
+            "--split",
+            "quick",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert json.loads((out / "lmc.json").read_text())["task"] == "tiny"

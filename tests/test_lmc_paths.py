@@ -11,8 +11,9 @@ from torch import nn
 from coto_tools.adapters.lora import LoraAdapter, LoraModule
 from coto_tools.lmc import PointEvaluator, Space, lmc_from_zero, lmc_path, lmc_plane
 from coto_tools.lmc.barrier import barriers
+from coto_tools.runtime.evaluator import Evaluator
 from coto_tools.runtime.gated import inject
-from coto_tools.tasks.base import Batch, Metrics, Task, metrics_from_logits
+from coto_tools.tasks.base import Batch, Metrics, Task
 
 DIM, VOCAB, SEQ, N_CLASSES, N_LAYERS = 8, 30, 6, 3, 2
 
@@ -96,11 +97,12 @@ def _adapter(
 
 
 def _own(task: Task, adapter: LoraAdapter | None) -> Metrics:
-    """The adapter's own evaluation: a fresh model, the adapter injected alone, one pass."""
-    model = task.build_model()
-    if adapter is not None:
-        inject(model, adapter)
-    return metrics_from_logits(*_logits_labels(task, model))
+    """The adapter's own evaluation by the project's evaluator (``None``: the base model)."""
+    if adapter is None:
+        ev = Evaluator(task, _adapter(task, 99), split="eval")
+        return ev.value({})
+    ev = Evaluator(task, adapter, split="eval")
+    return ev.value(dict.fromkeys(adapter.modules, 1.0))
 
 
 def _logits_labels(task: Task, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

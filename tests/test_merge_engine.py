@@ -191,3 +191,17 @@ def test_bad_inputs_raise_coto_errors(tmp_path: Path) -> None:
         with pytest.raises(CotoError, match=match):
             call()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", [MergeMethod.TIES, MergeMethod.CAT, MergeMethod.KNOTS])
+def test_bfloat16_inputs_keep_their_dtype(method: MergeMethod) -> None:
+    a, b = make_adapter(23), make_adapter(24)
+    to_bf16 = {
+        n: type(m)(A=m.A.bfloat16(), B=m.B.bfloat16(), alpha=m.alpha) for n, m in a.modules.items()
+    }
+    res = merge_adapters([a.replace(modules=to_bf16), b], MergeConfig(method=method, density=1.0))
+    for name, m in res.adapter.modules.items():
+        assert m.A.dtype == torch.bfloat16 and m.B.dtype == torch.bfloat16
+        if method is MergeMethod.CAT:  # exact up to bfloat16 rounding of the inputs and output
+            ref = 0.5 * to_bf16[name].delta() + 0.5 * _delta(b, name)
+            assert float((m.delta() - ref).norm() / ref.norm()) < 2e-2

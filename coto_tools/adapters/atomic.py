@@ -12,8 +12,16 @@ from pathlib import Path
 from coto_tools.errors import CotoError, OutputExistsError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
-def atomic_path(path: str | Path, *, force: bool = False, directory: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, *, force: bool = False, directory: bool = False
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success rename it to ``path``.
 
     A failure (or a kill) leaves ``path`` as it was; the temporary sibling is removed on
@@ -36,6 +44,8 @@ def atomic_path(path: str | Path, *, force: bool = False, directory: bool = Fals
             fd, name = tempfile.mkstemp(prefix=prefix, dir=parent)
             os.close(fd)
             tmp = Path(name)
+        # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual umask modes
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
     except OSError as exc:
         raise CotoError(f"{parent}: cannot write here: {exc.strerror or exc}") from exc
     try:
@@ -43,6 +53,9 @@ def atomic_path(path: str | Path, *, force: bool = False, directory: bool = Fals
         if path.exists():
             if not force:
                 raise OutputExistsError(f"{path}: output appeared while writing; not overwritten")
+            if not tmp.is_dir() and not path.is_dir():
+                os.replace(tmp, path)  # one atomic step: never a moment without ``path``
+                return
             old = parent / f".{path.name}.old-{os.getpid()}"
             os.rename(path, old)
             os.rename(tmp, path)

@@ -7,6 +7,7 @@ from typing import Any
 
 from coto_tools.adapters.io import open_checkpoint
 from coto_tools.adapters.keys import parse_module_name
+from coto_tools.errors import ValidationError
 
 
 def inspect_checkpoint(
@@ -15,9 +16,15 @@ def inspect_checkpoint(
     """Rows (one per module) and totals, streaming one module at a time."""
     ckpt = open_checkpoint(path, alpha=alpha, allow_pickle=allow_pickle)
     rows: list[dict[str, Any]] = []
+    problems: list[str] = []
     total_params = 0
     total_sq = 0.0
-    for name, mod in ckpt.iter_modules():
+    for name in ckpt.module_names:
+        try:
+            mod = ckpt.module(name)
+        except ValidationError as exc:  # keep going: every bad module is named at once
+            problems.extend(exc.problems)
+            continue
         key = parse_module_name(name)
         norm = mod.delta_norm()
         params = mod.A.numel() + mod.B.numel()
@@ -39,6 +46,8 @@ def inspect_checkpoint(
                 "dtype": str(mod.A.dtype).removeprefix("torch."),
             }
         )
+    if problems:
+        raise ValidationError(str(ckpt.weights_path), problems)
     unknown = [r["name"] for r in rows if r["layer"] is None or r["kind"] is None]
     return {
         "path": str(path),
@@ -75,7 +84,10 @@ def render_table(report: dict[str, Any]) -> str:
                 f"{r['delta_norm']:.4g}",
             ]
         )
-    widths = [max(len(c), *(len(row[i]) for row in lines)) if lines else len(c) for i, c in enumerate(cols)]
+    widths = [
+        max(len(c), *(len(row[i]) for row in lines)) if lines else len(c)
+        for i, c in enumerate(cols)
+    ]
     out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     out.append("  ".join("-" * w for w in widths))
     for row in lines:
@@ -83,11 +95,16 @@ def render_table(report: dict[str, Any]) -> str:
     t = report["totals"]
     out.append("")
     out.append(
-        f"{t['modules']} modules, {t['params']:,} parameters, total ||dW||_F {t['delta_norm']:.4g}; "
+        f"{t['modules']} modules, {t['params']:,} parameters, "
+        f"total ||dW||_F {t['delta_norm']:.4g}; "
         f"alpha from {report['alpha_source']}; base model: {report['base_model'] or 'unknown'}"
     )
     if t["unknown_layout"]:
-        out.append(f"{t['unknown_layout']} module(s) with an unrecognised layout (layer/kind unknown)")
+        out.append(
+            f"{t['unknown_layout']} module(s) with an unrecognised layout (layer/kind unknown)"
+        )
     if report["modules_to_save"]:
-        out.append(f"modules_to_save tensors carried through: {', '.join(report['modules_to_save'])}")
+        out.append(
+            f"modules_to_save tensors carried through: {', '.join(report['modules_to_save'])}"
+        )
     return "\n".join(out)

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 
 # ``<prefix>.<container>.<N>.<rest>``: the first numbered layer container in the name.
-_LAYER_RE = re.compile(r"^(?P<prefix>(?:.*?\.)?)(?P<container>layer|layers|h|block|blocks)\.(?P<idx>\d+)\.(?P<rest>.+)$")
+_LAYER_RE = re.compile(
+    r"^(?P<prefix>(?:.*?\.)?)(?P<container>layer|layers|h|block|blocks)\.(?P<idx>\d+)\.(?P<rest>.+)$"
+)
 _PEFT_PREFIXES = ("base_model.model.",)
 
 # Suffix (last one or two name components) -> kind. Checked in order; the first match wins.
@@ -29,8 +31,8 @@ _KIND_RULES: tuple[tuple[str, str], ...] = (
     (r"(?:^|\.)(?:c_attn|query_key_value|qkv_proj|qkv|W_pack|in_proj|Wqkv)$", "qkv"),
     (r"(?:^|\.)(?:o_proj|out_proj|out_lin|o|dense)$", "o"),
     (r"(?:^|\.)(?:gate_proj|wi_0|w1)$", "gate"),
-    (r"(?:^|\.)(?:up_proj|fc1|c_fc|wi|wi_1|lin1|w3)$", "up"),
-    (r"(?:^|\.)(?:down_proj|fc2|wo|lin2|w2)$", "down"),
+    (r"(?:^|\.)(?:up_proj|fc1|c_fc|wi|wi_1|lin1|w3|dense_h_to_4h)$", "up"),
+    (r"(?:^|\.)(?:down_proj|fc2|wo|lin2|w2|dense_4h_to_h)$", "down"),
 )
 _CROSS_RE = re.compile(r"EncDecAttention|encoder_attn|crossattention|cross_attn", re.IGNORECASE)
 
@@ -65,10 +67,19 @@ def strip_peft_prefix(name: str) -> str:
     return name
 
 
+_TOWER_WORDS = (
+    ({"vision", "visual", "image"}, "vision"),
+    ({"text", "language"}, "text"),
+    ({"decoder"}, "decoder"),
+    ({"encoder"}, "encoder"),
+)
+
+
 def _tower(prefix: str) -> str:
-    low = prefix.lower()
-    for needle, tower in (("vision", "vision"), ("text", "text"), ("decoder", "decoder"), ("encoder", "encoder")):
-        if needle in low:
+    """Tower from whole words of the prefix (``vision_model``: vision; ``context``: not text)."""
+    words = set(re.split(r"[._]", prefix.lower()))
+    for needles, tower in _TOWER_WORDS:
+        if words & needles:
             return tower
     return "main"
 
@@ -90,13 +101,16 @@ def parse_module_name(name: str) -> ModuleKey:
         kind = rest.rsplit(".", 1)[-1]
     if _CROSS_RE.search(rest):
         kind = f"cross_{kind}"
-    return ModuleKey(name=bare, tower=_tower(m.group("prefix")), layer=int(m.group("idx")), kind=kind)
+    return ModuleKey(
+        name=bare, tower=_tower(m.group("prefix")), layer=int(m.group("idx")), kind=kind
+    )
 
 
 def kind_sort_key(kind: str | None) -> tuple[int, str]:
-    """Order kinds as q, k, v, qkv, o, gate, up, down, then anything else alphabetically."""
+    """Order kinds as q, k, v, qkv, o, gate, up, down, their ``cross_`` forms, then anything
+    else alphabetically, then ``None`` (unknown)."""
     if kind is None:
-        return (len(KIND_ORDER) + 1, "")
+        return (2 * len(KIND_ORDER) + 1, "")
     base = kind.removeprefix("cross_")
     offset = 0 if base == kind else len(KIND_ORDER)
     if base in KIND_ORDER:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -16,7 +16,7 @@ from coto_tools.errors import CheckpointError
 
 @dataclass(frozen=True)
 class LoraModule:
-    """One LoRA module: ``ΔW = scaling · B @ A`` with ``A: (r, in_features)``, ``B: (out_features, r)``.
+    """One LoRA module: ``ΔW = scaling · B @ A``, ``A: (r, in_features)``, ``B: (out_features, r)``.
 
     ``scaling`` is ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA (Kalajdzievski 2023,
     arXiv 2312.03732).
@@ -57,7 +57,7 @@ class LoraModule:
         return float(self.alpha) / (math.sqrt(r) if self.use_rslora else r)
 
     def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``ΔW = scaling · B @ A``, shape ``(out_features, in_features)``, computed in ``dtype``."""
+        """``ΔW = scaling · B @ A``, shape ``(out_features, in_features)``, in ``dtype``."""
         return self.scaling * (self.B.to(dtype) @ self.A.to(dtype))
 
     def delta_norm(self) -> float:
@@ -65,7 +65,7 @@ class LoraModule:
         a = self.A.double()
         b = self.B.double()
         val = torch.sum((b.T @ b) * (a @ a.T)).clamp_min(0.0)
-        return float(self.scaling * math.sqrt(float(val)))
+        return float(abs(self.scaling) * math.sqrt(float(val)))
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class LoraAdapter:
     def __len__(self) -> int:
         return len(self.modules)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self.modules)
 
     def __getitem__(self, name: str) -> LoraModule:
@@ -119,7 +119,7 @@ class LoraAdapter:
         )
 
     def replace(self, **changes: Any) -> LoraAdapter:
-        fields = {
+        fields: dict[str, Any] = {
             "modules": self.modules,
             "config": self.config,
             "modules_to_save": self.modules_to_save,

@@ -61,7 +61,9 @@ class Players:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (len(self),):
             raise OptionError(f"mask has shape {mask.shape}, expected ({len(self)},)")
-        return {n: (1.0 if on else 0.0) for on, m in zip(mask, self.members, strict=True) for n in m}
+        return {
+            n: (1.0 if on else 0.0) for on, m in zip(mask, self.members, strict=True) for n in m
+        }
 
     def keys(self) -> list[ModuleKey | None]:
         """For module players, the parsed key of each; ``None`` for groups."""
@@ -83,13 +85,21 @@ def _sorted_modules(names: Iterable[str]) -> list[tuple[str, ModuleKey]]:
     )
 
 
-def make_players(module_names: Iterable[str], grouping: Grouping | str = Grouping.module) -> Players:
+def make_players(
+    module_names: Iterable[str], grouping: Grouping | str = Grouping.module
+) -> Players:
     """Group adapter modules into players (ordered by tower, layer, kind).
 
     ``layer`` and ``kind`` groupings need parsable names; modules whose layer (or kind) is
     unknown make that grouping fail with a message that says so.
     """
-    g = Grouping(grouping)
+    try:
+        g = Grouping(grouping)
+    except ValueError:
+        allowed = ", ".join(x.value for x in Grouping)
+        raise OptionError(
+            f"unknown player grouping {grouping!r}; choose one of {allowed}"
+        ) from None
     keyed = _sorted_modules(module_names)
     if g is Grouping.module:
         return Players(tuple(n for n, _ in keyed), tuple((n,) for n, _ in keyed), "module")
@@ -115,7 +125,13 @@ def make_players(module_names: Iterable[str], grouping: Grouping | str = Groupin
             f"(e.g. {unknown[0]}); use --players module"
         )
     if g is Grouping.kind:
-        order = sorted(groups, key=lambda lab: (lab.rsplit(".", 1)[0] if "." in lab else "", kind_sort_key(lab.rsplit(".", 1)[-1])))
+        order = sorted(
+            groups,
+            key=lambda lab: (
+                lab.rsplit(".", 1)[0] if "." in lab else "",
+                kind_sort_key(lab.rsplit(".", 1)[-1]),
+            ),
+        )
         groups = {k: groups[k] for k in order}
     return Players(tuple(groups), tuple(tuple(v) for v in groups.values()), g.value)
 

@@ -13,12 +13,18 @@ from coto_tools.cli._app import app
 
 @app.command("inspect")
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="PEFT adapter directory, adapter_model.safetensors, or a bare .safetensors"),
+    path: Path = typer.Argument(
+        ..., help="PEFT adapter directory, adapter_model.safetensors, or a bare .safetensors"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    alpha: float | None = typer.Option(None, "--alpha", help="LoRA alpha for a bare file without metadata."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load a .bin checkpoint (torch.load weights_only=True)."),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="LoRA alpha for a bare file without metadata."
+    ),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Load a .bin checkpoint (torch.load weights_only=True)."
+    ),
 ) -> None:
-    """Show every module of an adapter: tower, layer, kind, shapes, rank, alpha, scaling, ||ΔW||_F."""
+    """Show every module of an adapter: tower, layer, kind, shape, rank, alpha, scaling, norm."""
     report = inspect_checkpoint(path, alpha=alpha, allow_pickle=allow_pickle)
     if as_json:
         typer.echo(json.dumps(report, indent=2))

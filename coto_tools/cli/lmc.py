@@ -46,12 +46,17 @@ def parse_checkpoint_args(args: list[str]) -> tuple[list[Path], list[tuple[Path,
 def lmc_cmd(
     ctx: typer.Context,
     label: list[str] | None = typer.Option(
-        None, "--label", help="Curve label, once per pair/curve (plane: per corner). "
-        "Default: coto.json's method and seed."
+        None,
+        "--label",
+        help="Curve label, once per pair/curve (plane: per corner). "
+        "Default: coto.json's method and seed.",
     ),
     points: int = typer.Option(_D.points, "--points", help="Points on [0, 1] (0.5 always added)."),
-    space: SpaceChoice = typer.Option(
-        _D.space, "--space", help="delta (gated branches), factor (A, B interpolated) or both."
+    space: SpaceChoice | None = typer.Option(
+        None,
+        "--space",
+        help="delta (gated branches), factor (A, B interpolated) or both [default: both; "
+        "--plane: delta only].",
     ),
     task: str | None = typer.Option(
         None, "--task", help="Evaluate on this task (default: the checkpoints' coto.json task)."
@@ -83,6 +88,8 @@ def lmc_cmd(
     positional, pairs = parse_checkpoint_args(list(ctx.args))
     if from_zero and plane:
         raise OptionError("--from-zero and --plane cannot be combined")
+    if plane and space not in (None, SpaceChoice.delta):
+        raise OptionError(f"--plane is delta space only, got --space {space.value}")
     if plane:
         if pairs or len(positional) != 3:
             raise OptionError(f"--plane needs exactly 3 checkpoints, got {len(positional)}")

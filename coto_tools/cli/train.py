@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 
 from coto_tools.cli._app import app
-from coto_tools.errors import OutputExistsError
+from coto_tools.errors import OptionError, OutputExistsError
 from coto_tools.train.config import GroupBy, Method, TrainConfig
 from coto_tools.train.lr import LrSchedule
 from coto_tools.train.schedule import Shape
@@ -33,17 +34,26 @@ def train_cmd(
     rank: int = typer.Option(_D.rank, "--rank"),
     alpha: float = typer.Option(_D.alpha, "--alpha"),
     targets: str | None = typer.Option(
-        None, "--targets", help="Comma list of kinds (q,k,v,o,...) or module names; default: the task's."
+        None,
+        "--targets",
+        help="Comma list of kinds (q,k,v,o,...) or module names; default: the task's.",
     ),
     schedule: Shape = typer.Option(_D.schedule, "--schedule", help="Shape of p(t) in stage 1."),
     stage1_ratio: float = typer.Option(_D.stage1_ratio, "--stage1-ratio", help="p reaches 1 here."),
-    p_start: float = typer.Option(_D.p_start, "--p-start", help="Activation probability at step 0."),
-    group: GroupBy = typer.Option(_D.group, "--group", help="One coin flip per layer or per module."),
+    p_start: float = typer.Option(
+        _D.p_start, "--p-start", help="Activation probability at step 0."
+    ),
+    group: GroupBy = typer.Option(
+        _D.group, "--group", help="One coin flip per layer or per module."
+    ),
     lora_dropout: float = typer.Option(_D.lora_dropout, "--lora-dropout"),
-    shots: int | None = typer.Option(None, "--shots", help="Few-shot: K training examples per class."),
+    shots: int | None = typer.Option(
+        None, "--shots", help="Few-shot: K training examples per class."
+    ),
     eval_split: str = typer.Option(_D.eval_split, "--eval-split", help="eval or quick."),
     force: bool = typer.Option(False, "--force", help="Overwrite DIR if it exists."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
 ) -> None:
     """Train a LoRA adapter with CoTo (arXiv 2506.05713) or plainly, and write a run directory."""
     from coto_tools.train.loop import train
@@ -72,6 +82,10 @@ def train_cmd(
         lora_dropout=lora_dropout,
         eval_split=eval_split,
     )
+    if threads < 0:
+        raise OptionError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     result = train(config, progress=not quiet)
     result.save(out, force=force)
     m, z = result.metrics, result.zero_shot

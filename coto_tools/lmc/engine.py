@@ -1,34 +1,34 @@
-"""Evaluating points of paths and planes: weighted combinations of named adapters on one model.
+"""Evaluating points of paths and planes: weighted combinations of named adapters.
 
-All adapters of a run are injected once, each as its own gated branch. A delta-space point
-``Σ_k w_k ΔW_k`` sets branch ``k``'s gates to ``w_k`` (no weight copies; a weight of exactly 0
-skips the branch). A factor-space point is a new adapter (:func:`interpolate_factors`) loaded
-into one extra branch, ``_factor``, while every named branch is gated off.
+Everything goes through the project's :class:`~coto_tools.runtime.evaluator.Evaluator`, so a
+point that is an adapter is that adapter's own evaluation, bit for bit.
+
+- A delta-space point ``Σ_k w_k ΔW_k`` is one configuration of one evaluator holding every
+  adapter as its own named branch: gate ``w_k`` on each module of adapter ``k`` (no weight
+  copies; a weight of exactly 0 skips the branch).
+- A factor-space point is a new adapter (:func:`interpolate_factors`); it is evaluated by a
+  short-lived evaluator on a second base model (built once, restored after each point).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import torch
+from torch import nn
 
 from coto_tools.adapters.lora import LoraAdapter
-from coto_tools.errors import OptionError, TaskError
-from coto_tools.lmc.space import Space, check_compatible, interpolate_factors
-from coto_tools.runtime.gated import GatedModel, inject
-from coto_tools.tasks.base import SPLITS, Metrics, Task, metrics_from_logits
-
-FACTOR_BRANCH = "_factor"
+from coto_tools.errors import OptionError
+from coto_tools.lmc.space import Space, check_compatible, delta_gates, interpolate_factors
+from coto_tools.runtime.evaluator import Evaluator
+from coto_tools.tasks.base import SPLITS, Metrics, Task
 
 
 class PointEvaluator:
     """Metrics of weighted combinations of ``adapters`` (name -> adapter) on ``task``'s ``split``.
 
-    ``value(space, {name: weight})``; names left out have weight 0. Results are cached by
-    ``(space, weights)``. Evaluation is one pass over the split in inference mode with the
-    logits concatenated (as :func:`coto_tools.train.loop.evaluate`), so a point whose only
-    weight is ``1.0`` on adapter ``k`` reproduces adapter ``k``'s own evaluation exactly.
+    ``value(space, {name: weight})``; names left out have weight 0, so ``value(space, {})`` is
+    the base model. Results are cached by ``(space, non-zero weights)``.
     """
 
     def __init__(
@@ -38,85 +38,61 @@ class PointEvaluator:
             raise OptionError(f"split {split!r}: allowed {', '.join(SPLITS)}")
         if not adapters:
             raise OptionError("no adapters to evaluate")
-        if FACTOR_BRANCH in adapters:
-            raise OptionError(f"adapter name {FACTOR_BRANCH!r} is reserved")
         self.task = task
         self.split = split
         self.adapters = dict(adapters)
-        self.model = task.build_model()
-        self.handle: GatedModel = inject(self.model)
-        for name, ad in self.adapters.items():
-            self.handle.add_adapter(ad, name)
-        self.batches = task.batches(split)
-        if not self.batches:
-            raise TaskError(f"task {task.name}: split {split!r} is empty")
+        self.evaluator = Evaluator(task, self.adapters, split=split)
+        self._factor_model: nn.Module | None = None
         self._cache: dict[Any, Metrics] = {}
         self.evaluations = 0
 
-    # -- configuring the model ------------------------------------------------------------
-    def _set_delta(self, weights: Mapping[str, float]) -> None:
-        for name, ad in self.adapters.items():
-            w = float(weights.get(name, 0.0))
-            self.handle.set_gates({m: w for m in ad.modules}, name)
-        self._clear_factor()
+    @property
+    def model(self) -> nn.Module:
+        """The model holding the named branches (gates as set by the last delta point)."""
+        return self.evaluator.model
 
-    def _clear_factor(self) -> None:
-        for layer in self.handle.layers.values():
-            if FACTOR_BRANCH in layer.gates:
-                layer.remove_adapter(FACTOR_BRANCH)
-
-    def _set_factor(self, weights: Mapping[str, float]) -> None:
-        names = list(self.adapters)
-        point = interpolate_factors(
-            [self.adapters[n] for n in names], [float(weights.get(n, 0.0)) for n in names]
-        )
-        for name in names:
-            self.handle.set_all(0.0, name)
-        self._clear_factor()
-        for module, mod in point.modules.items():
-            self.handle.layers[module].add(FACTOR_BRANCH, mod, gate=1.0)
-
-    # -- evaluating -----------------------------------------------------------------------
-    def _check(self, space: Space, weights: Mapping[str, float]) -> tuple[Any, ...]:
+    def _key(self, space: Space, weights: Mapping[str, float]) -> tuple[Any, ...]:
         unknown = set(weights) - set(self.adapters)
         if unknown:
             raise OptionError(
                 f"unknown adapter name(s) {sorted(unknown)}; known: {sorted(self.adapters)}"
             )
         used = [n for n in self.adapters if float(weights.get(n, 0.0)) != 0.0]
-        if space is Space.factor:
-            check_compatible([self.adapters[n] for n in used], Space.factor)
         return (space, tuple((n, float(weights[n])) for n in used))
 
-    def value(self, space: Space, weights: Mapping[str, float]) -> Metrics:
+    def value(self, space: Space | str, weights: Mapping[str, float]) -> Metrics:
         """Metrics at the point ``weights`` (``{name: w}``) of ``space``."""
         space = Space(space)
-        key = self._check(space, weights)
+        key = self._key(space, weights)
         if key in self._cache:
             return self._cache[key]
         if space is Space.delta:
-            self._set_delta(weights)
+            names = [n for n, _ in key[1]]
+            ads = [self.adapters[n] for n in names]
+            gates = delta_gates(names, ads, [w for _, w in key[1]])
+            config: dict[str | tuple[str, str], float] = {k: v for k, v in gates.items()}
+            metrics = self.evaluator.value(config)
         else:
-            self._set_factor(weights)
-        metrics = self._evaluate()
+            metrics = self._factor(dict(key[1]))
+        self.evaluations += 1
         self._cache[key] = metrics
         return metrics
 
-    def _evaluate(self) -> Metrics:
-        self.model.eval()
-        logits, labels = [], []
-        with torch.inference_mode():
-            for b in self.batches:
-                logits.append(self.task.logits(self.model, b).float())
-                labels.append(b.labels)
-        self.evaluations += 1
-        return metrics_from_logits(torch.cat(logits), torch.cat(labels))
+    def _factor(self, weights: dict[str, float]) -> Metrics:
+        names = list(weights)
+        ads = [self.adapters[n] for n in names]
+        check_compatible(ads, Space.factor)
+        point = interpolate_factors(ads, [weights[n] for n in names])
+        if not point.modules:  # every weight is 0: the base model
+            return self.evaluator.value({})
+        if self._factor_model is None:
+            self._factor_model = self.task.build_model()
+        ev = Evaluator(self.task, point, split=self.split, model=self._factor_model)
+        try:
+            return ev.value(dict.fromkeys(point.modules, 1.0))
+        finally:
+            ev.close()
 
     def close(self) -> None:
         """Remove every branch (restores the base model)."""
-        self.handle.remove()
-
-
-def weights_for(names: Sequence[str | None], values: Sequence[float]) -> dict[str, float]:
-    """``{name: w}`` for the named entries (``None`` stands for the zero adapter: no entry)."""
-    return {n: float(w) for n, w in zip(names, values, strict=True) if n is not None}
+        self.evaluator.close()

@@ -56,7 +56,7 @@ class LmcConfig:
     mode: Mode = Mode.pairs
     labels: tuple[str, ...] = ()
     points: int = 21
-    space: SpaceChoice = SpaceChoice.both
+    space: SpaceChoice | None = None  # None: both (plane: delta)
     task: str | None = None
     split: str = "eval"
     max_scale: float = 1.5
@@ -67,7 +67,8 @@ class LmcConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
-        object.__setattr__(self, "space", SpaceChoice(self.space))
+        default = SpaceChoice.delta if Mode(self.mode) is Mode.plane else SpaceChoice.both
+        object.__setattr__(self, "space", SpaceChoice(self.space or default))
         object.__setattr__(self, "groups", tuple(tuple(Path(p) for p in g) for g in self.groups))
         if not self.groups:
             raise OptionError("no checkpoints given: lmc A B, or --pair A B (repeatable)")
@@ -103,9 +104,11 @@ class LmcConfig:
         if self.mode is Mode.plane:
             plane_positions(self.grid, self.margin)
             if self.space is not SpaceChoice.delta:
-                object.__setattr__(
-                    self, "space", SpaceChoice.delta
-                )  # the plane is delta-space only
+                raise OptionError(f"--plane is delta space only, got --space {self.space}")
+
+    @property
+    def spaces(self) -> tuple[Space, ...]:
+        return SpaceChoice(self.space).spaces()
 
     @property
     def checkpoints(self) -> list[Path]:
@@ -235,7 +238,7 @@ def run_lmc(config: LmcConfig, *, progress: bool = False) -> LmcRun:
     loaded = load_checkpoints(config)
     by_path = {c.path: c for c in loaded}
     for g in config.groups:  # shapes (and ranks for factor space) before any model is built
-        for space in config.space.spaces():
+        for space in config.spaces:
             check_compatible([by_path[p].adapter for p in g], space)
     task = resolve_task(config, loaded)
     labels = _labels(config, by_path)
@@ -252,7 +255,7 @@ def run_lmc(config: LmcConfig, *, progress: bool = False) -> LmcRun:
         )
         return _finish(config, task, loaded, (), plane, len(plane.metrics))
     ev = PointEvaluator(task, {c.name: c.adapter for c in loaded}, split=config.split)
-    spaces = config.space.spaces()
+    spaces = config.spaces
     results: list[LmcResult] = []
     if config.mode is Mode.from_zero:
         per = len(from_zero_positions(config.points, config.max_scale))
@@ -269,7 +272,7 @@ def run_lmc(config: LmcConfig, *, progress: bool = False) -> LmcRun:
                         cs[0].adapter,
                         points=config.points,
                         max_scale=config.max_scale,
-                        space=config.space,
+                        space=SpaceChoice(config.space),
                         name=cs[0].name,
                         label=label,
                         progress=bar,
@@ -281,7 +284,7 @@ def run_lmc(config: LmcConfig, *, progress: bool = False) -> LmcRun:
                         cs[0].adapter,
                         cs[1].adapter,
                         points=config.points,
-                        space=config.space,
+                        space=SpaceChoice(config.space),
                         names=(cs[0].name, cs[1].name),
                         label=label,
                         progress=bar,
@@ -330,7 +333,7 @@ def summary(run: LmcRun) -> dict[str, Any]:
         "mode": c.mode.value,
         "task": run.task_name,
         "split": c.split,
-        "spaces": [s.value for s in c.space.spaces()],
+        "spaces": [s.value for s in c.spaces],
         "points": c.points,
         "checkpoints": run.checkpoints,
         "evaluations": run.evaluations,

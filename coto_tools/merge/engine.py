@@ -187,6 +187,8 @@ def merge_adapters(
 ) -> MergeResult:
     """Merge LoRA adapters (in memory or opened checkpoints) module by module.
 
+    ``progress`` shows a tqdm bar on stderr when stderr is a terminal.
+
     Output modules have scaling 1 (``alpha = rank``) and the dtype of the first input holding
     them. Modules held by only some inputs are merged from those (their weights only).
     """
@@ -217,7 +219,9 @@ def merge_adapters(
     partial: dict[str, list[str]] = {}
     energy: dict[str, float] = {}
     capped: list[str] = []
-    for module in tqdm(order, desc="merge", unit="module", disable=not progress, file=sys.stderr):
+    for module in tqdm(
+        order, desc="merge", unit="module", disable=None if progress else True, file=sys.stderr
+    ):
         idx = [i for i, s in enumerate(sources) if module in s]
         if len(idx) < len(sources):
             partial[module] = [sources[i].name for i in idx]

@@ -3,9 +3,9 @@
 ``ΔW ≈ B @ A`` with ``B: (out, r)``, ``A: (r, in)`` spanning the top-``r`` singular subspace,
 plus the fraction of Frobenius energy kept, ``sum_{j<=r} σ_j² / sum_j σ_j²``. Two routes:
 
-- :func:`truncated_svd` for a dense ΔW: eigen-decomposition of the Gram matrix of the smaller
-  side, formed in float64 (several times faster than ``torch.linalg.svd`` on CPU for the shapes of
-  LLM projections, and exact up to float64 rounding of the top singular directions).
+- :func:`truncated_svd` for a dense ΔW: eigen-decomposition of the float32 Gram matrix of the
+  smaller side, refined by one float64 Rayleigh-Ritz step (several times faster than
+  ``torch.linalg.svd`` on CPU for the shapes of LLM projections).
 - :func:`lowrank_svd` for ΔW given as a product ``B @ A`` of rank R (sums of LoRA deltas): QR of
   both factors and an SVD of the ``R x R`` core, never forming ΔW. Exact.
 
@@ -25,24 +25,28 @@ def _energy(kept: torch.Tensor, total: torch.Tensor) -> float:
 def truncated_svd(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Top-``rank`` factors of a dense ``delta: (out, in)``: ``(A: (r, in), B: (out, r), energy)``.
 
-    ``r = min(rank, out, in)``. ``B @ A`` is the orthogonal projection of ``delta`` on its
-    top-``r`` right (out >= in) or left (out < in) singular subspace: the best rank-r
-    approximation.
+    ``r = min(rank, out, in)``. The top ``r + 8`` singular directions of the smaller side come
+    from ``eigh`` of the float32 Gram matrix; one Rayleigh-Ritz step in float64 (QR of ``ΔW V``,
+    SVD of the small projected matrix) then gives the SVD restricted to that subspace, accurate
+    to float32 rounding of the top directions. ``B = U_r S_r``, ``A = V_rᵀ`` (PEFT's convention).
     """
-    d = delta.to(torch.float64)
-    out_f, in_f = d.shape
+    d32 = delta.to(torch.float32)
+    out_f, in_f = d32.shape
     r = max(1, min(rank, out_f, in_f))
+    k = min(r + 8, out_f, in_f)
+    d = delta.to(torch.float64)
+    total = (d * d).sum()
     if out_f >= in_f:
-        gram = d.T @ d  # (in, in) = V S² Vᵀ
-        evals, vecs = torch.linalg.eigh(gram)
-        top = vecs[:, -r:].flip(1)  # (in, r), descending
-        B, A = d @ top, top.T
+        vecs = torch.linalg.eigh(d32.T @ d32).eigenvectors[:, -k:].to(torch.float64)  # (in, k)
+        q, _ = torch.linalg.qr(d @ vecs)  # (out, k): basis of the top left singular space
+        u, s, vh = torch.linalg.svd(q.T @ d, full_matrices=False)  # (k, k), (k,), (k, in)
+        B, A = (q @ u[:, :r]) * s[:r], vh[:r]
     else:
-        gram = d @ d.T  # (out, out) = U S² Uᵀ
-        evals, vecs = torch.linalg.eigh(gram)
-        top = vecs[:, -r:].flip(1)  # (out, r)
-        B, A = top, top.T @ d
-    energy = _energy(evals[-r:].clamp_min(0).sum(), evals.clamp_min(0).sum())
+        vecs = torch.linalg.eigh(d32 @ d32.T).eigenvectors[:, -k:].to(torch.float64)  # (out, k)
+        q, _ = torch.linalg.qr(d.T @ vecs)  # (in, k): basis of the top right singular space
+        u, s, vh = torch.linalg.svd(d @ q, full_matrices=False)  # (out, k), (k,), (k, k)
+        B, A = u[:, :r] * s[:r], vh[:r] @ q.T
+    energy = _energy((s[:r] ** 2).sum(), total)
     return A.to(torch.float32).contiguous(), B.to(torch.float32).contiguous(), energy
 
 

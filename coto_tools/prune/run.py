@@ -1,8 +1,9 @@
 """A pruning run over checkpoints: strategies, fraction sweeps and the rank sweep, per checkpoint.
 
-One gated evaluator is built per checkpoint and reused for every strategy and sweep point (its
-cache means a configuration is evaluated once). The rank sweep evaluates truncated copies of
-the adapter, so it builds one evaluator per rank.
+One evaluator is built per checkpoint and reused for every strategy, sweep point and rank (its
+cache means a configuration is evaluated once): the adapter is its ``default`` branch and each
+rank-truncated copy an extra branch ``rank<r>`` of the same model, gated off except when the
+rank sweep switches it on alone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.keys import strip_peft_prefix
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.errors import CheckpointError, OptionError, TaskError
-from coto_tools.prune.rank import RankCurve, rank_grid, rank_sweep
+from coto_tools.prune.rank import RankCurve, rank_grid, rank_truncation
 from coto_tools.prune.strategies import (
     Strategy,
     StrategyKind,
@@ -29,14 +30,23 @@ from coto_tools.prune.strategies import (
     resolve_players,
     select_strategy,
 )
-from coto_tools.prune.sweeps import GateEvaluator, SweepCurve, SweepOrder, fraction_sweep, removal_order
+from coto_tools.prune.sweeps import (
+    GateEvaluator,
+    SweepCurve,
+    SweepOrder,
+    fraction_sweep,
+    removal_order,
+)
 from coto_tools.tasks.base import METRIC_NAMES, Metrics, Task
 
 RUN_FILE = "coto.json"
 OUTPUT_FILES = ("prune.csv", "prune_curves.csv", "prune_auc.csv", "prune_strategies.png",
                 "prune_curves.png", "prune_report.md")  # fmt: skip
 
-EvaluatorFactory = Callable[[Task, LoraAdapter, str], GateEvaluator]
+DEFAULT_BRANCH = "default"
+# (task, {branch name: adapter}, split) -> an evaluator whose ``value`` takes ``{module: gate}``
+# for the ``default`` branch and ``{(branch, module): gate}`` for the others
+EvaluatorFactory = Callable[[Task, Mapping[str, LoraAdapter], str], GateEvaluator]
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,9 @@ def read_shapley_csv(path: str | Path) -> dict[str, float]:
         try:
             v = float(row["value"])
         except (TypeError, ValueError):
-            raise OptionError(f"--shapley {p}: line {i}: value {row['value']!r} is not a number") from None
+            raise OptionError(
+                f"--shapley {p}: line {i}: value {row['value']!r} is not a number"
+            ) from None
         if not math.isfinite(v):
             raise OptionError(f"--shapley {p}: line {i}: value {v} is not finite")
         name = strip_peft_prefix(str(row["player"]))
@@ -190,10 +202,11 @@ def resolve_task(name: str | None, path: Path, rec: Mapping[str, Any] | None) ->
     return get_task(str(rec["task"]), **dict(rec.get("task_variant") or {}))
 
 
-def default_evaluator(task: Task, adapter: LoraAdapter, split: str) -> GateEvaluator:
+def default_evaluator(task: Task, adapters: Mapping[str, LoraAdapter], split: str) -> GateEvaluator:
+    """One :class:`~coto_tools.runtime.evaluator.Evaluator` holding every branch."""
     from coto_tools.runtime.evaluator import Evaluator
 
-    return Evaluator(task, adapter, split=split)
+    return Evaluator(task, dict(adapters), split=split)
 
 
 def _gates(names: Sequence[str], on: Sequence[str]) -> dict[str, float]:
@@ -227,7 +240,11 @@ def prune_checkpoint(
         try:
             select_strategy(names, s, shapley=shapley, norms=norms)
         except OptionError as exc:
-            if explicit or s.kind is not StrategyKind.kind or "no adapter of that kind" not in str(exc):
+            if (
+                explicit
+                or s.kind is not StrategyKind.kind
+                or "no adapter of that kind" not in str(exc)
+            ):
                 raise
             notes.append(f"{s.name} skipped: {exc}")
             continue
@@ -238,8 +255,13 @@ def prune_checkpoint(
             orders += [(SweepOrder.shapley_asc, None), (SweepOrder.shapley_desc, None)]
         orders.append((SweepOrder.norm_asc, None))
         orders += [(SweepOrder.random, s) for s in config.seeds]
-    ev = factory(task, adapter, config.split)
-    bar = tqdm(total=2 + len(plan) + len(orders), desc=path.name, disable=not progress)
+    grid: list[int] = []
+    branches = {DEFAULT_BRANCH: adapter}
+    if config.rank_sweep:
+        grid = rank_grid(max(m.rank for m in adapter.modules.values()), config.ranks)
+        branches.update({f"rank{r}": rank_truncation(adapter, r) for r in grid})
+    ev = factory(task, branches, config.split)
+    bar = tqdm(total=2 + len(plan) + len(orders) + len(grid), desc=path.name, disable=not progress)
     full = ev.value(_gates(names, names))
     empty = ev.value(_gates(names, ()))
     bar.update(2)
@@ -254,14 +276,15 @@ def prune_checkpoint(
         name = order.value if seed is None else f"random/seed{seed}"
         curves.append(fraction_sweep(ev, ordering, config.steps, name=name, seed=seed))
         bar.update(1)
+    rank_metrics = []
+    for r in grid:  # the truncated copy alone: its branches on, the original's off
+        rank_metrics.append(ev.value({(f"rank{r}", m): 1.0 for m in names}))
+        bar.update(1)
     bar.close()
-    rank = None
-    if config.rank_sweep:
-
-        def evaluate(truncated: LoraAdapter) -> Metrics:
-            return factory(task, truncated, config.split).value(_gates(names, names))
-
-        rank = rank_sweep(evaluate, adapter, config.ranks, progress=progress)
+    close = getattr(ev, "close", None)
+    if callable(close):
+        close()
+    rank = RankCurve(tuple(grid), tuple(rank_metrics)) if config.rank_sweep else None
     return CheckpointResult(
         path=str(path),
         label=label,

@@ -70,8 +70,8 @@ KIND_ALIASES: dict[str, str] = {
 
 DEFAULT_STRATEGIES = ("all", "everyother", "low", "middle", "high", "query", "key", "value")
 ALLOWED_TEXT = (
-    "all, none, everyother (= everyother-even and everyother-odd), everyother-even, everyother-odd, "
-    "low, middle, high, kind:<k> (or query/key/value/q/k/v/...), shapley-top:<f>, "
+    "all, none, everyother (= everyother-even and everyother-odd), everyother-even, "
+    "everyother-odd, low, middle, high, kind:<k> (or query/key/value/q/k/v/...), shapley-top:<f>, "
     "shapley-bottom:<f>, norm-top:<f>, random:<f>"
 )
 
@@ -95,9 +95,7 @@ class Strategy:
         if self.kind in _FRACTION_KINDS:
             f = self.fraction
             if f is None or not (0.0 <= f <= 1.0) or math.isnan(f):
-                raise OptionError(
-                    f"strategy {self.kind.value}: fraction {f} is not in [0, 1]"
-                )
+                raise OptionError(f"strategy {self.kind.value}: fraction {f} is not in [0, 1]")
 
     @property
     def name(self) -> str:
@@ -136,7 +134,10 @@ def _fraction(text: str, spec: str) -> float:
 
 
 def parse_strategy(text: str) -> Strategy:
-    """One strategy from its name (see :data:`ALLOWED_TEXT`); ``everyother`` = ``everyother-even``."""
+    """One strategy from its name (see :data:`ALLOWED_TEXT`).
+
+    ``everyother`` alone means ``everyother-even``; ``query``, ``q``, ``q_proj`` mean ``kind:q``.
+    """
     spec = text.strip()
     low = spec.lower()
     head, sep, arg = low.partition(":")
@@ -238,7 +239,9 @@ def _by_kind(keys: Sequence[ModuleKey], want: str) -> list[str]:
     kept = [k.name for k in keys if k.kind == want]
     if not kept:
         present = sorted({str(k.kind) for k in keys})
-        raise OptionError(f"strategy kind:{want}: no adapter of that kind; kinds present: {present}")
+        raise OptionError(
+            f"strategy kind:{want}: no adapter of that kind; kinds present: {present}"
+        )
     return kept
 
 

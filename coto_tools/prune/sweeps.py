@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,9 +33,10 @@ from coto_tools.tasks.base import Metrics
 
 
 class GateEvaluator(Protocol):
-    """What the sweeps need: metrics of the adapter with module gates ``{module: 0.0 | 1.0}``."""
+    """What the sweeps need: metrics with module gates ``{module: 0.0 or 1.0}`` (the run also
+    passes ``{(branch, module): gate}`` keys for the rank-truncated branches)."""
 
-    def value(self, gates: Mapping[str, float]) -> Metrics: ...
+    def value(self, gates: Mapping[Any, float]) -> Metrics: ...
 
 
 class SweepOrder(str, Enum):
@@ -91,7 +92,9 @@ def auc(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> flo
     xs = np.asarray(x, dtype=np.float64)
     ys = np.asarray(y, dtype=np.float64)
     if xs.shape != ys.shape or xs.ndim != 1 or len(xs) < 2:
-        raise OptionError(f"auc: need two equal 1-D arrays of >= 2 points, got {xs.shape} {ys.shape}")
+        raise OptionError(
+            f"auc: need two equal 1-D arrays of >= 2 points, got {xs.shape} {ys.shape}"
+        )
     if np.any(np.diff(xs) < 0):
         raise OptionError("auc: x must be non-decreasing")
     return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2.0))

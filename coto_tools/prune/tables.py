@@ -161,9 +161,7 @@ def summarise(values: Sequence[float]) -> Summary:
     return Summary(float(arr.mean()), sd, int(arr.size))
 
 
-def by_label(
-    result: PruneResult, *, quantity: str, metric: str
-) -> dict[str, dict[str, Summary]]:
+def by_label(result: PruneResult, *, quantity: str, metric: str) -> dict[str, dict[str, Summary]]:
     """label -> item (strategy or curve family) -> Summary over that label's checkpoints.
     ``quantity``: ``value`` (strategy metric), ``retained`` or ``auc_norm``. A checkpoint's
     several values (random seeds) are averaged first."""

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from coto_tools.errors import OptionError, TaskError
+from coto_tools.tasks.base import SPLITS
 from coto_tools.tasks.prompt_head import EncodedSplit, PromptTask, freeze
 
 CLASSES = ("business", "entertainment", "politics", "sports", "tech")
@@ -241,6 +242,10 @@ class BbcTask(PromptTask):
                 self._docs["train"] = self._few_shot(self._docs["train"])
         return self._docs[split]
 
+    def split_sizes(self) -> dict[str, int]:
+        """Documents per split (reads the corpus; tokenises nothing)."""
+        return {s: len(self.documents(s)) for s in SPLITS}
+
     def _few_shot(self, train: list[Document]) -> list[Document]:
         k = self.variant.shots
         if k is None:
@@ -277,7 +282,9 @@ class BbcTask(PromptTask):
         docs = self.documents(split)
         if not docs:
             raise TaskError(f"{self.name}: split {split!r} is empty")
-        ids, mask = self._tokenize([d.text(self.variant.text) for d in docs], self.variant.max_tokens)
+        ids, mask = self._tokenize(
+            [d.text(self.variant.text) for d in docs], self.variant.max_tokens
+        )
         labels = torch.tensor([self.labels.index(d.cls) for d in docs], dtype=torch.int64)
         return EncodedSplit(ids, mask, labels)
 

@@ -32,7 +32,7 @@ PROMPT_IDS, PROMPT_MASK = "prompt_input_ids", "prompt_attention_mask"
 
 @dataclass(frozen=True)
 class EncodedSplit:
-    """One split tokenised: ``input_ids``/``attention_mask`` ``(n, L)`` int64, ``labels`` ``(n,)``."""
+    """A tokenised split: ``input_ids``, ``attention_mask`` ``(n, L)``; ``labels`` ``(n,)``."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -114,9 +114,7 @@ class PromptTask(Task):
         if batch_size <= 0:
             raise OptionError(f"batch_size must be positive, got {batch_size}")
         enc = self.encoded(split)
-        return [
-            self._batch(enc, slice(i, i + batch_size)) for i in range(0, len(enc), batch_size)
-        ]
+        return [self._batch(enc, slice(i, i + batch_size)) for i in range(0, len(enc), batch_size)]
 
     def train_size(self) -> int:
         return len(self.encoded("train"))

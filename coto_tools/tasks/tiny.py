@@ -12,9 +12,14 @@ mapping. Builds and evaluates in milliseconds.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import BertConfig
 
 from coto_tools.errors import OptionError
 from coto_tools.tasks.prompt_head import EncodedSplit, PromptTask, freeze
@@ -31,7 +36,7 @@ SPLIT_SIZES = {"train": 300, "eval": 96, "quick": 32}
 _SPLIT_OFFSET = {"train": 0, "eval": 1, "quick": 2}
 
 
-def tiny_config() -> object:
+def tiny_config() -> BertConfig:
     from transformers import BertConfig
 
     return BertConfig(

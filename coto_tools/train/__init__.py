@@ -7,7 +7,7 @@ PEFT adapter + ``coto.json`` + ``train_log.csv``; :func:`load_run` reads one bac
 from __future__ import annotations
 
 from coto_tools.train.config import GroupBy, Method, TrainConfig
-from coto_tools.train.loop import LogRow, TrainResult, evaluate, train
+from coto_tools.train.loop import LogRow, TrainResult, final_metrics, train
 from coto_tools.train.lr import LrPlan, LrSchedule
 from coto_tools.train.run import load_run, read_record, save_run
 from coto_tools.train.schedule import CoToSchedule, Shape, sample_active
@@ -23,7 +23,7 @@ __all__ = [
     "Shape",
     "TrainConfig",
     "TrainResult",
-    "evaluate",
+    "final_metrics",
     "load_run",
     "read_record",
     "resolve_targets",

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Players, make_players
-from coto_tools.errors import CotoError, TaskError
+from coto_tools.errors import CotoError
 from coto_tools.runtime.gated import GatedModel, fresh_adapter, inject
-from coto_tools.tasks.base import Batch, Metrics, Task, metrics_from_logits
+from coto_tools.tasks.base import Batch, Metrics, Task
 from coto_tools.train.config import Method, TrainConfig
 from coto_tools.train.lr import LrPlan
 from coto_tools.train.sampler import EpochSampler
@@ -98,19 +98,23 @@ def base_model_id(task: Task) -> str | None:
     return None
 
 
-def evaluate(task: Task, model: torch.nn.Module, split: str) -> Metrics:
-    """Metrics of ``model`` (gates as currently set) on ``split``: one pass, logits concatenated."""
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    with torch.inference_mode():
-        for b in task.batches(split):
-            logits.append(task.logits(model, b).float())
-            labels.append(b.labels)
-    model.train(was_training)
-    if not logits:
-        raise TaskError(f"task {task.name}: split {split!r} is empty")
-    return metrics_from_logits(torch.cat(logits), torch.cat(labels))
+def final_metrics(
+    task: Task, adapter: LoraAdapter, split: str, *, model: torch.nn.Module | None = None
+) -> tuple[Metrics, Metrics]:
+    """(all adapters on, zero-shot) metrics on ``split`` through the project's evaluator.
+
+    The same :class:`~coto_tools.runtime.evaluator.Evaluator` later analyses use, so the
+    recorded numbers are the ones ``shapley``/``prune`` see for "all" and "none".
+    """
+    from coto_tools.runtime.evaluator import Evaluator
+
+    ev = Evaluator(task, adapter, split=split, model=model)
+    try:
+        on = ev.value(dict.fromkeys(adapter.modules, 1.0))
+        off = ev.value({})
+    finally:
+        ev.close()
+    return on, off
 
 
 def _seeds(seed: int) -> tuple[torch.Generator, np.random.Generator, np.random.Generator, int]:
@@ -189,6 +193,7 @@ def _train(config: TrainConfig, task: Task | None, progress: bool) -> TrainResul
     for w in handle.layers.values():
         w.train()
     rows: list[LogRow] = []
+    t_loop = time.perf_counter()
     bar = tqdm(range(config.steps), disable=not progress, file=sys.stderr, desc="train")
     for step in bar:
         p = schedule.p(step)
@@ -208,17 +213,15 @@ def _train(config: TrainConfig, task: Task | None, progress: bool) -> TrainResul
             bar.set_postfix(loss=f"{loss:.3f}", p=f"{p:.2f}", on=len(names))
     bar.close()
     opt.zero_grad(set_to_none=True)
+    train_time = time.perf_counter() - t_loop
 
-    handle.set_all(1.0)
-    metrics = evaluate(task, model, config.eval_split)
-    handle.set_all(0.0)
-    zero_shot = evaluate(task, model, config.eval_split)
     base_id = base_model_id(task)
     adapter = handle.extract(
         config={"lora_dropout": config.lora_dropout, "base_model_name_or_path": base_id},
         source=f"<trained {config.task} {config.method.value} seed {config.seed}>",
     )
-    handle.remove()
+    model = handle.remove()
+    metrics, zero_shot = final_metrics(task, adapter, config.eval_split, model=model)
     wall = time.perf_counter() - t0
     from coto_tools.train.run import make_record
 
@@ -234,6 +237,7 @@ def _train(config: TrainConfig, task: Task | None, progress: bool) -> TrainResul
         metrics=metrics,
         zero_shot=zero_shot,
         wall_time_s=wall,
+        train_time_s=train_time,
         log=rows,
     )
     return TrainResult(adapter, config, metrics, zero_shot, tuple(rows), record, wall)

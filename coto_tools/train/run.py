@@ -55,6 +55,7 @@ def make_record(
     metrics: Metrics,
     zero_shot: Metrics,
     wall_time_s: float,
+    train_time_s: float,
     log: Sequence[LogRow],
 ) -> dict[str, Any]:
     """The ``coto.json`` record of a run."""
@@ -98,6 +99,8 @@ def make_record(
             sum(r.n_active for r in log) / (len(log) * len(players)) if log else None
         ),
         "wall_time_s": round(wall_time_s, 3),
+        "train_time_s": round(train_time_s, 3),
+        "step_time_s": round(train_time_s / max(1, len(log)), 4),
         "environment": {
             "coto_tools": __version__,
             "torch": torch.__version__,

@@ -1,0 +1,133 @@
+"""``adapter_config.json``: reading, type checks, variant refusal and PEFT's pattern rule."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coto_tools.errors import CheckpointError, UnsupportedAdapterError
+
+PEFT_DEFAULT_ALPHA = 8  # LoraConfig.lora_alpha's default in PEFT
+
+# Config fields that turn LoRA into a variant with a different forward pass (PEFT 0.21 names).
+_VARIANT_FIELDS = (
+    ("use_dora", "DoRA (use_dora=true)"),
+    ("lora_bias", "lora_bias=true"),
+    ("alora_invocation_tokens", "activated LoRA (alora_invocation_tokens)"),
+    ("use_qalora", "QALoRA (use_qalora=true)"),
+    ("use_bdlora", "block-diagonal LoRA (use_bdlora)"),
+    ("velora_config", "VeLoRA (velora_config)"),
+    ("monteclora_config", "MonteCLoRA (monteclora_config)"),
+    ("kasa_config", "KaSA (kasa_config)"),
+    ("arrow_config", "Arrow routing (arrow_config)"),
+    ("layer_replication", "layer_replication"),
+    ("target_parameters", "LoRA on parameters (target_parameters)"),
+    ("trainable_token_indices", "trainable tokens (trainable_token_indices)"),
+)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        cfg = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (invalid JSON)") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON: {exc.msg} at line {exc.lineno}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: invalid JSON") from exc
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_config(cfg: Mapping[str, Any], source: str) -> list[str]:
+    """Problems with the config's types; raises at once for unsupported LoRA variants."""
+    peft_type = cfg.get("peft_type")
+    if peft_type is not None and str(peft_type).upper() != "LORA":
+        raise UnsupportedAdapterError(
+            f"{source}: peft_type {peft_type!r} is not supported (only LORA)"
+        )
+    for key, what in _VARIANT_FIELDS:
+        val = cfg.get(key)
+        if val not in (None, False, [], {}, 0):
+            raise UnsupportedAdapterError(f"{source}: {what} is not supported; only plain LoRA")
+    bias = cfg.get("bias", "none")
+    if bias not in (None, "none"):
+        raise UnsupportedAdapterError(
+            f"{source}: bias={bias!r} (trained biases) is not supported; only bias='none'"
+        )
+    problems: list[str] = []
+
+    def bad(key: str, want: str) -> None:
+        problems.append(f"config field {key!r} must be {want}, got {cfg[key]!r}")
+
+    if cfg.get("r") is not None and (not _is_int(cfg["r"]) or cfg["r"] <= 0):
+        bad("r", "a positive integer")
+    if cfg.get("lora_alpha") is not None and (
+        not _is_num(cfg["lora_alpha"]) or not math.isfinite(cfg["lora_alpha"])
+    ):
+        bad("lora_alpha", "a finite number")
+    for key in ("use_rslora", "fan_in_fan_out", "inference_mode"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], bool):
+            bad(key, "true or false")
+    if cfg.get("lora_dropout") is not None and (
+        not _is_num(cfg["lora_dropout"]) or not 0 <= cfg["lora_dropout"] < 1
+    ):
+        bad("lora_dropout", "a number in [0, 1)")
+    for key in ("base_model_name_or_path", "revision", "task_type"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            bad(key, "a string or null")
+    tm = cfg.get("target_modules")
+    if tm is not None and not (
+        isinstance(tm, str) or (isinstance(tm, list) and all(isinstance(t, str) for t in tm))
+    ):
+        bad("target_modules", "a list of strings or a string")
+    mts = cfg.get("modules_to_save")
+    if mts is not None and not (isinstance(mts, list) and all(isinstance(t, str) for t in mts)):
+        bad("modules_to_save", "a list of strings or null")
+    for key, ok, want in (
+        ("rank_pattern", lambda v: _is_int(v) and v > 0, "positive integers"),
+        ("alpha_pattern", lambda v: _is_num(v) and math.isfinite(v), "finite numbers"),
+    ):
+        pat = cfg.get(key)
+        if pat is None:
+            continue
+        if not isinstance(pat, dict):
+            bad(key, "an object mapping module patterns to values")
+            continue
+        for k, v in pat.items():
+            if not ok(v):
+                problems.append(f"config field {key!r}: {k!r} maps to {v!r}; expected {want}")
+            try:
+                re.compile(rf"(.*\.)?({k})$")
+            except re.error as exc:
+                problems.append(f"config field {key!r}: {k!r} is not a valid pattern ({exc})")
+    return problems
+
+
+def pattern_value(patterns: Mapping[str, Any], name: str) -> Any:
+    """PEFT's ``get_pattern_key``: the first pattern (in order) with ``(.*\\.)?(pattern)$``
+    matching ``name`` gives the value; ``None`` when none matches."""
+    for pattern, value in patterns.items():
+        try:
+            if re.match(rf"(.*\.)?({pattern})$", name):
+                return value
+        except re.error:  # reported by check_config
+            continue
+    return None

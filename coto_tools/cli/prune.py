@@ -1,0 +1,112 @@
+"""``coto-tools prune CKPT [CKPT ...]``: pruning-robustness sweeps and report (arXiv 2506.05713)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from coto_tools.cli._app import app
+from coto_tools.errors import OptionError
+from coto_tools.prune.run import PruneConfig
+
+_D = PruneConfig(checkpoints=(Path("a"),))  # the library's defaults, shown in --help
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise OptionError(
+            f"{what} {text!r}: expected a comma list of integers, e.g. 0,1,2"
+        ) from None
+
+
+@app.command("prune")
+def prune_cmd(
+    checkpoints: list[Path] = typer.Argument(..., help="Run directories or adapter checkpoints."),
+    label: list[str] | None = typer.Option(
+        None, "--label", help="Label per checkpoint, in order (default: coto.json's method)."
+    ),
+    task: str | None = typer.Option(None, "--task", help="Override the checkpoints' task."),
+    split: str = typer.Option(_D.split, "--split", help="eval or quick."),
+    metric: str = typer.Option(
+        _D.metric,
+        "--metric",
+        help="Metric for curves, AUC and the report: accuracy, logprob, loss.",
+    ),
+    strategies: str | None = typer.Option(
+        None,
+        "--strategies",
+        help="Comma list: all, none, everyother, everyother-even/-odd, low, middle, high, "
+        "kind:<k> (query/key/value/q/k/v/o/...), shapley-top:<f>, shapley-bottom:<f>, "
+        "norm-top:<f>, random:<f>. Default: all,everyother,low,middle,high,query,key,value.",
+    ),
+    shapley: list[Path] | None = typer.Option(
+        None,
+        "--shapley",
+        help="shapley.csv (player,value,...): one for all checkpoints or one each.",
+    ),
+    steps: int = typer.Option(_D.steps, "--steps", help="Fraction-sweep steps from 0 to 1."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of random strategies and orders."),
+    ranks: str | None = typer.Option(
+        None, "--ranks", help="Ranks of the rank sweep (default: r, r/2, ..., 1)."
+    ),
+    no_curves: bool = typer.Option(False, "--no-curves", help="Skip the fraction sweeps."),
+    no_rank_sweep: bool = typer.Option(False, "--no-rank-sweep", help="Skip the rank sweep."),
+    write_pruned: str | None = typer.Option(
+        None, "--write-pruned", help="Write the adapter STRATEGY keeps to --out (no evaluation)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: prune/ in the first checkpoint's dir)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Evaluate pruning strategies, fraction sweeps and rank truncation; write prune.csv,
+    prune_curves.csv, prune_auc.csv, prune_strategies.png, prune_curves.png, prune_report.md."""
+    seed_list = _ints(seeds, "--seeds") or ()
+    if write_pruned is not None:
+        from coto_tools.prune.outputs import write_pruned as write
+
+        if len(checkpoints) != 1:
+            raise OptionError("--write-pruned takes exactly one checkpoint")
+        if out is None:
+            raise OptionError("--write-pruned needs --out OUT")
+        if shapley and len(shapley) > 1:
+            raise OptionError("--write-pruned takes one --shapley file")
+        path, kept = write(
+            checkpoints[0],
+            write_pruned,
+            out,
+            shapley=shapley[0] if shapley else None,
+            seed=seed_list[0] if seed_list else 0,
+            force=force,
+        )
+        typer.echo(f"{path}: kept {len(kept)} adapter module(s) ({write_pruned})")
+        return
+    from coto_tools.prune.outputs import check_outputs, write_outputs
+    from coto_tools.prune.run import run_prune
+
+    config = PruneConfig(
+        checkpoints=tuple(checkpoints),
+        labels=tuple(label or ()),
+        task=task,
+        split=split,
+        metric=metric,
+        strategies=None if strategies is None else tuple(strategies.split(",")),
+        steps=steps,
+        seeds=seed_list,
+        ranks=_ints(ranks, "--ranks"),
+        curves=not no_curves,
+        rank_sweep=not no_rank_sweep,
+        shapley=tuple(shapley or ()),
+        out=out,
+        force=force,
+    )
+    check_outputs(config)
+    result = run_prune(config, progress=not quiet)
+    paths = write_outputs(result)
+    typer.echo(f"{config.out_dir()}: wrote {', '.join(p.name for p in paths)}")

@@ -1,0 +1,148 @@
+"""The adapter Shapley game: ``v(S)`` = the task metrics with only the adapters of players ``S`` on.
+
+:class:`AdapterGame` turns an :class:`~coto_tools.runtime.evaluator.Evaluator` and a
+:class:`~coto_tools.adapters.players.Players` grouping into a game in the estimators' interface
+(a bool coalition matrix ``(k, n_players)`` -> ``{metric: (k,)}``): every metric is returned for
+every coalition, so one set of evaluations serves all metrics (see
+:func:`coto_tools.shapley.recompute`). The evaluator sorts each batch so that neighbouring
+configurations share their lower layers (prefix reuse), and caches by configuration.
+
+:func:`game_fingerprint` identifies a game for :class:`~coto_tools.shapley.EvaluationLog`: the
+adapter weights' hash, the task and its options, the split, the players and the metrics, so a
+log is never resumed against a different game.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from coto_tools.adapters.players import Players
+from coto_tools.errors import ShapleyError
+from coto_tools.tasks.base import METRIC_NAMES, Metrics
+
+DEFAULT_ADAPTER = "default"
+
+
+class SupportsValueBatch(Protocol):
+    """What :class:`AdapterGame` needs from an evaluator."""
+
+    def value_batch(self, configs: Sequence[Mapping[Any, float]]) -> list[Metrics]: ...
+
+
+class AdapterGame:
+    """``v(S)``: metrics of the model with exactly the modules of players ``S`` switched on.
+
+    Args:
+        evaluator: an :class:`~coto_tools.runtime.evaluator.Evaluator` holding the adapter
+            (branch name ``adapter``); modules of the adapter that belong to no player stay off.
+        players: the players; every member module must be a module of the adapter.
+        metrics: the metric names returned for each coalition (default: logprob, accuracy, loss).
+        adapter: the evaluator's branch name of the adapter.
+
+    ``n_evaluated`` counts the coalitions handed to the evaluator (one per row of every call);
+    the evaluator's own ``n_forward`` counts real forward passes.
+    """
+
+    def __init__(
+        self,
+        evaluator: SupportsValueBatch,
+        players: Players,
+        *,
+        metrics: Sequence[str] = METRIC_NAMES,
+        adapter: str = DEFAULT_ADAPTER,
+    ) -> None:
+        bad = [m for m in metrics if m not in METRIC_NAMES]
+        if bad or not metrics:
+            raise ShapleyError(
+                f"unknown metric(s) {bad or metrics!r}; allowed: {', '.join(METRIC_NAMES)}"
+            )
+        self.evaluator = evaluator
+        self.players = players
+        self.metrics = tuple(dict.fromkeys(metrics))
+        self.adapter = adapter
+        known = _adapter_modules(evaluator, adapter)
+        if known is not None:
+            missing = [m for m in players.modules if m not in known]
+            if missing:
+                raise ShapleyError(
+                    f"player module(s) {missing[:3]} are not in adapter {adapter!r} "
+                    f"({len(known)} modules)"
+                )
+        self.n_evaluated = 0
+        self.n_calls = 0
+
+    @property
+    def n_players(self) -> int:
+        return len(self.players)
+
+    def config(self, mask: Sequence[bool] | np.ndarray) -> dict[tuple[str, str], float]:
+        """The evaluator configuration of one coalition: player modules on (1.0) or off (0.0)."""
+        return {(self.adapter, m): g for m, g in self.players.gates(mask).items()}
+
+    def __call__(self, coalitions: np.ndarray) -> dict[str, np.ndarray]:
+        """``coalitions``: bool ``(k, n_players)`` -> ``{metric: (k,)}`` (float64)."""
+        mat = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        if mat.ndim != 2 or mat.shape[1] != self.n_players:
+            raise ShapleyError(
+                f"coalition matrix of shape {mat.shape}; the game has {self.n_players} players"
+            )
+        results = self.evaluator.value_batch([self.config(row) for row in mat])
+        self.n_calls += 1
+        self.n_evaluated += mat.shape[0]
+        return {
+            name: np.array([r.get(name) for r in results], dtype=np.float64)
+            for name in self.metrics
+        }
+
+
+def _adapter_modules(evaluator: object, adapter: str) -> set[str] | None:
+    adapters = getattr(evaluator, "adapters", None)
+    if not isinstance(adapters, Mapping):
+        return None
+    if adapter not in adapters:
+        raise ShapleyError(f"evaluator has no adapter {adapter!r}; it has {sorted(adapters)}")
+    return set(adapters[adapter].modules)
+
+
+def weights_hash(path: str | Path) -> str:
+    """SHA-256 of a checkpoint's weight file(s) (``*.safetensors`` in a dir, or the file)."""
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
+    if not files or not all(f.is_file() for f in files):
+        raise ShapleyError(f"{path}: no .safetensors weights to fingerprint")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def game_fingerprint(
+    *,
+    weights: str,
+    task: str,
+    task_variant: Mapping[str, Any],
+    split: str,
+    players: Players,
+    metrics: Sequence[str],
+) -> str:
+    """A short stable id of an adapter game (see module docstring)."""
+    spec = {
+        "weights_sha256": weights,
+        "task": task,
+        "task_variant": dict(task_variant),
+        "split": split,
+        "grouping": players.grouping,
+        "players": [[n, list(m)] for n, m in zip(players.names, players.members, strict=True)],
+        "metrics": sorted(metrics),
+    }
+    blob = json.dumps(spec, sort_keys=True, default=str).encode()
+    return f"adapter-game:{hashlib.sha256(blob).hexdigest()[:32]}"

@@ -1,0 +1,287 @@
+"""A Shapley run on a checkpoint: build the adapter game, estimate, write the outputs.
+
+``shapley_run(checkpoint, ShapleyConfig(...)) -> ShapleyRunResult``. The game's players are
+groups of the checkpoint's adapter modules (``module``/``layer``/``kind``/``tower``); the value of
+a coalition is the task metric (on the checkpoint's task from ``coto.json``, or ``task=``) with
+only those players' adapters on. Every metric is recorded for every coalition, so the estimates
+of all metrics come from the same evaluations (:func:`coto_tools.shapley.recompute`).
+
+Outputs in ``out`` (default ``<checkpoint>/shapley``), written atomically except the log:
+``shapley.csv``, ``shapley.json``, ``shapley_heatmap.png``, ``shapley_convergence.png`` and
+``evaluations.jsonl`` (append-only :class:`~coto_tools.shapley.EvaluationLog`): rerunning the
+same command after an interruption evaluates nothing twice and, because the estimators' sample
+sequence depends only on the seed, returns the numbers of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from coto_tools.adapters.io import load_adapter
+from coto_tools.adapters.lora import LoraAdapter
+from coto_tools.adapters.players import Grouping, Players, make_players
+from coto_tools.errors import CheckpointError, OptionError, TaskError
+from coto_tools.shapley.cache import CachedGame
+from coto_tools.shapley.game_adapter import AdapterGame, game_fingerprint, weights_hash
+from coto_tools.shapley.log import EvaluationLog
+from coto_tools.shapley.outputs import write_outputs
+from coto_tools.shapley.registry import Estimator, estimate_shapley, recompute
+from coto_tools.shapley.result import ShapleyResult
+from coto_tools.tasks.base import METRIC_NAMES, Task
+
+DEFAULT_BUDGET = 300
+"""Default evaluation budget (measured: see ``coto-tools shapley --help`` and the report)."""
+
+LOG_FILE = "evaluations.jsonl"
+
+
+class Metric(str, Enum):
+    logprob = "logprob"
+    accuracy = "accuracy"
+    loss = "loss"
+
+
+class Split(str, Enum):
+    eval = "eval"
+    quick = "quick"
+
+
+@dataclass(frozen=True)
+class ShapleyConfig:
+    """One Shapley run. ``budget``: most distinct coalitions evaluated (default
+    :data:`DEFAULT_BUDGET`, unless ``permutations`` is given); ``task``: overrides the task of
+    ``coto.json`` (required for a checkpoint without one); ``out``: output directory (default
+    ``<checkpoint>/shapley``); ``force``: discard an existing evaluation log (start over) instead
+    of resuming from it; ``batch_size``: coalitions per evaluator call (the log is appended after
+    each); ``eval_batch_size``: documents per forward pass."""
+
+    players: Grouping = Grouping.module
+    metric: Metric = Metric.logprob
+    estimator: Estimator = Estimator.AUTO
+    budget: int | None = None
+    permutations: int | None = None
+    tol: float | None = None
+    seed: int = 0
+    split: Split = Split.eval
+    task: str | None = None
+    out: Path | None = None
+    force: bool = False
+    batch_size: int = 64
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name, cls in (
+            ("players", Grouping),
+            ("metric", Metric),
+            ("estimator", Estimator),
+            ("split", Split),
+        ):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, cls(value))
+            except ValueError:
+                allowed = ", ".join(str(m.value) for m in cls)
+                raise OptionError(f"unknown --{name} {value!r}; allowed: {allowed}") from None
+        if self.out is not None:
+            object.__setattr__(self, "out", Path(self.out))
+        bad = []
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 2):
+            bad.append(f"--budget must be an integer >= 2 (v(N) and v(empty)), got {self.budget}")
+        if self.permutations is not None and self.permutations < 1:
+            bad.append(f"--permutations must be >= 1, got {self.permutations}")
+        if self.tol is not None and not 0.0 < self.tol < 1.0:
+            bad.append(f"--tol must be in (0, 1), got {self.tol}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            bad.append(f"--seed must be an integer >= 0, got {self.seed}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            bad.append("batch sizes must be >= 1")
+        if bad:
+            raise OptionError("; ".join(bad))
+
+    def effective_budget(self) -> int | None:
+        """The budget the estimator gets: ``budget``, else the default unless ``permutations``."""
+        if self.budget is not None:
+            return self.budget
+        return None if self.permutations is not None else DEFAULT_BUDGET
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checkpoint resolved before anything runs or is written (all input checks done)."""
+
+    checkpoint: Path
+    adapter: LoraAdapter
+    task: Task
+    task_name: str
+    task_variant: dict[str, Any]
+    players: Players
+    out: Path
+    weights_sha256: str
+
+
+@dataclass(frozen=True)
+class ShapleyRunResult:
+    """``results[metric]``: the estimate for every metric (same coalitions); ``summary``: the
+    content of ``shapley.json``; ``files``: the outputs written."""
+
+    checkpoint: Path
+    config: ShapleyConfig
+    players: Players
+    results: dict[str, ShapleyResult]
+    summary: dict[str, Any]
+    out: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> ShapleyResult:
+        return self.results[self.config.metric.value]
+
+
+def default_out(checkpoint: Path) -> Path:
+    if checkpoint.is_file():
+        return checkpoint.parent / f"{checkpoint.stem}.shapley"
+    return checkpoint / "shapley"
+
+
+def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
+    """Load the checkpoint, resolve its task and players; raise on any bad input, write nothing."""
+    from coto_tools.tasks import get_task
+    from coto_tools.train.run import RUN_FILE, read_record
+
+    ckpt = Path(checkpoint)
+    if not ckpt.exists():
+        raise CheckpointError(f"{ckpt}: checkpoint not found")
+    record = read_record(ckpt) if ckpt.is_dir() and (ckpt / RUN_FILE).is_file() else None
+    if config.task is not None:
+        task_name, variant = config.task, {}
+    elif record is not None:
+        task_name, variant = str(record["task"]), dict(record["task_variant"])
+    else:
+        raise TaskError(
+            f"{ckpt}: no task known (no {RUN_FILE} from coto-tools train); pass --task NAME"
+        )
+    task = get_task(task_name, **variant)
+    adapter = load_adapter(ckpt)
+    players = make_players(adapter.modules, config.players)
+    if len(players) < 1:
+        raise OptionError(f"{ckpt}: the adapter has no modules")
+    return Prepared(
+        checkpoint=ckpt,
+        adapter=adapter,
+        task=task,
+        task_name=task_name,
+        task_variant=variant,
+        players=players,
+        out=config.out if config.out is not None else default_out(ckpt),
+        weights_sha256=weights_hash(ckpt),
+    )
+
+
+def shapley_run(
+    checkpoint: str | Path | Prepared,
+    config: ShapleyConfig,
+    *,
+    progress: bool = False,
+    model: Any = None,
+) -> ShapleyRunResult:
+    """Estimate the Shapley values of ``checkpoint``'s adapters and write the outputs.
+
+    ``model``: a base model of the task to reuse (default: the task builds one).
+    """
+    from coto_tools.runtime.evaluator import Evaluator
+
+    prep = checkpoint if isinstance(checkpoint, Prepared) else prepare(checkpoint, config)
+    t0 = time.perf_counter()
+    metrics = list(METRIC_NAMES)
+    fingerprint = game_fingerprint(
+        weights=prep.weights_sha256,
+        task=prep.task_name,
+        task_variant=prep.task_variant,
+        split=config.split.value,
+        players=prep.players,
+        metrics=metrics,
+    )
+    prep.out.mkdir(parents=True, exist_ok=True)
+    log_path = prep.out / LOG_FILE
+    if config.force and log_path.exists():
+        log_path.unlink()
+    n = len(prep.players)
+    evaluator = Evaluator(
+        prep.task,
+        prep.adapter,
+        split=config.split.value,
+        batch_size=config.eval_batch_size,
+        model=model,
+    )
+    try:
+        game = AdapterGame(evaluator, prep.players, metrics=metrics)
+        with EvaluationLog(log_path, fingerprint, n) as log:
+            from_log = len(log)
+            cached = CachedGame(game, n, metric=config.metric.value, log=log)
+            primary = estimate_shapley(
+                cached,
+                n,
+                estimator=config.estimator,
+                budget=config.effective_budget(),
+                permutations=config.permutations,
+                tol=config.tol,
+                seed=config.seed,
+                progress=progress,
+                batch_size=config.batch_size,
+                player_names=prep.players.names,
+            )
+        results = {
+            m: primary if m == config.metric.value else recompute(primary, cached, m)
+            for m in metrics
+        }
+    finally:
+        evaluator.close()
+    wall = time.perf_counter() - t0
+    summary = {
+        "checkpoint": str(prep.checkpoint),
+        "weights_sha256": prep.weights_sha256,
+        "task": prep.task_name,
+        "task_variant": prep.task_variant,
+        "split": config.split.value,
+        "n_examples": int(len(evaluator.labels)),
+        "grouping": prep.players.grouping,
+        "metric": config.metric.value,
+        "estimator_requested": config.estimator.value,
+        "budget": config.effective_budget(),
+        "permutations": config.permutations,
+        "tol": config.tol,
+        "seed": config.seed,
+        "fingerprint": fingerprint,
+        "evaluations_from_log": from_log,
+        "evaluations_computed": game.n_evaluated,
+        "wall_time_s": round(wall, 3),
+    }
+    files = write_outputs(prep.out, prep.players, results, config.metric.value, summary)
+    return ShapleyRunResult(
+        checkpoint=prep.checkpoint,
+        config=config,
+        players=prep.players,
+        results=results,
+        summary=summary,
+        out=prep.out,
+        files=files | {"log": log_path},
+    )
+
+
+def shapley_runs(
+    checkpoints: Sequence[str | Path], config: ShapleyConfig, *, progress: bool = False
+) -> list[ShapleyRunResult]:
+    """Run several checkpoints (each into its own ``<checkpoint>/shapley``); every checkpoint is
+    checked before the first one runs. ``config.out`` must be ``None`` here."""
+    if config.out is not None and len(checkpoints) > 1:
+        raise OptionError("with several checkpoints each writes to <checkpoint>/shapley")
+    prepared = [prepare(c, config) for c in checkpoints]
+    outs = [p.out.resolve() for p in prepared]
+    if len(set(outs)) != len(outs):
+        raise OptionError("two checkpoints would write to the same output directory")
+    return [shapley_run(p, config, progress=progress) for p in prepared]
