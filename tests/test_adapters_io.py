@@ -341,3 +341,5 @@ def test_outputs_get_umask_permissions(tmp_path: Path, suffix: str) -> None:
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == (0o755 if not suffix else 0o644)
+    if not suffix:
+        assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}

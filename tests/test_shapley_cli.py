@@ -36,7 +36,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
-        main(argv)
+        main(["shapley", *argv])
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)

@@ -18,6 +18,21 @@ def _umask() -> int:
     return mask
 
 
+def _public_modes(tmp: Path) -> None:
+    """mkstemp/mkdtemp (and safetensors' writer) create private 0600/0700 entries; give the
+    output the modes a plain ``open()`` would (0666/0777 less the umask)."""
+    mask = _umask()
+    if not tmp.is_dir():
+        os.chmod(tmp, 0o666 & ~mask)
+        return
+    os.chmod(tmp, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(tmp):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+
+
 @contextmanager
 def atomic_path(
     path: str | Path, *, force: bool = False, directory: bool = False
@@ -44,12 +59,11 @@ def atomic_path(
             fd, name = tempfile.mkstemp(prefix=prefix, dir=parent)
             os.close(fd)
             tmp = Path(name)
-        # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual umask modes
-        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
     except OSError as exc:
         raise CotoError(f"{parent}: cannot write here: {exc.strerror or exc}") from exc
     try:
         yield tmp
+        _public_modes(tmp)
         if path.exists():
             if not force:
                 raise OutputExistsError(f"{path}: output appeared while writing; not overwritten")

@@ -26,7 +26,9 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
 
 @app.command("prune")
 def prune_cmd(
-    checkpoints: list[Path] = typer.Argument(..., help="Run directories or adapter checkpoints."),
+    checkpoints: list[Path] = typer.Argument(
+        ..., metavar="CHECKPOINT", help="Run directories or adapter checkpoints."
+    ),
     label: list[str] | None = typer.Option(
         None, "--label", help="Label per checkpoint, in order (default: coto.json's method)."
     ),

@@ -42,13 +42,13 @@ def plot_strategies(
     ]
     labels = result.labels
     if ax is None:
-        fig, ax = plt.subplots(
-            figsize=(max(6.0, 0.9 * len(names) * max(1, len(labels)) ** 0.5 + 2), 4.0)
-        )
+        width_in = 1.5 + len(names) * (0.45 + 0.2 * len(labels))
+        fig, ax = plt.subplots(figsize=(min(max(6.0, width_in), 16.0), 4.0))
     else:
         fig = ax.figure  # type: ignore[assignment]
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(names))
+    tops: list[float] = []
     for j, lab in enumerate(labels):
         means, sds = [], []
         for name in names:
@@ -65,6 +65,7 @@ def plot_strategies(
             )
             means.append(float(m[0]))
             sds.append(float(s[0]))
+            tops += [means[-1] - sds[-1], means[-1] + sds[-1]]
         k = sum(c.label == lab for c in result.checkpoints)
         ax.bar(x + (j - (len(labels) - 1) / 2) * width, means, width, yerr=sds, capsize=3,
                label=f"{lab} (n={k})")  # fmt: skip
@@ -72,12 +73,11 @@ def plot_strategies(
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel(_YLABEL.get(metric, metric))
     ax.set_title(f"Pruning strategies ({metric})")
-    finite = [c.empty.get(metric) for c in result.checkpoints] + [
-        c.full.get(metric) for c in result.checkpoints
-    ]
-    if metric == "accuracy":
-        lo = min(finite)
-        ax.set_ylim(max(0.0, lo - 0.1 * (1 - lo) - 0.05), 1.0)
+    finite = [t for t in tops if np.isfinite(t)]
+    if metric == "accuracy" and finite:  # zoom on the bars (the paper's bars start well above 0)
+        lo, hi = min(finite), max(finite)
+        pad = max(0.02, 0.15 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -68,6 +68,8 @@ class Evaluator:
     base model to reuse (default: ``task.build_model()``); the adapters are injected into it
     until :meth:`close`. ``reuse_prefix``: skip unchanged lower layers where supported.
     ``logits_cache``: how many configurations' logits to keep for :meth:`metrics_per_example`.
+    The evaluator owns the gates of its model: gates set on :attr:`handle` from outside are
+    overwritten, and changing the model's weights invalidates the caches (build a new one).
     """
 
     def __init__(
