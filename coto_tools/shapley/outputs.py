@@ -168,7 +168,8 @@ def write_outputs(
     }
     fig = plot_heatmap(
         heatmap_grid(players, p.values),
-        title=f"{run_info.get('checkpoint', '')}: {primary} ({p.estimator}, {p.evaluations} evals)",
+        title=f"{Path(str(run_info.get('checkpoint', ''))).name}: {primary} "
+        f"({p.estimator}, {p.evaluations} evals)",
         label=f"Shapley value ({primary})",
     )
     files["heatmap"] = save_figure(fig, out / HEATMAP_FILE)
