@@ -317,3 +317,49 @@ def test_rank_pattern_with_suffix_names(tmp_path: Path) -> None:
     inject(ours, adapter)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+class TinyGPT2(nn.Module):
+    """GPT-2 layout with transformers' Conv1D (weight stored (in, out): fan_in_fan_out)."""
+
+    def __init__(self) -> None:
+        from transformers.pytorch_utils import Conv1D
+
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.h = nn.ModuleList()
+        blk = nn.Module()
+        blk.attn = nn.Module()
+        blk.attn.c_attn = Conv1D(3 * D, D)  # (nf=out, nx=in)
+        self.transformer.h.append(blk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transformer.h[0].attn.c_attn(x)
+
+
+def test_fan_in_fan_out_conv1d(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = get_peft_model(TinyGPT2().eval(), cfg)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.normal_()
+    name = "transformer.h.0.attn.c_attn"
+    adapter = load_adapter(save_peft(pm, tmp_path / "peft"))
+    layer = pm.base_model.model.get_submodule(name)
+    # PEFT's delta is laid out like Conv1D's weight, (in, out); ours is the linear map (out, in)
+    torch.testing.assert_close(adapter.delta(name), layer.get_delta_weight("default").T)
+    assert adapter[name].in_features == D and adapter[name].out_features == 3 * D
+    out = save_adapter(adapter, tmp_path / "coto")
+    assert json.loads((out / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = PeftModel.from_pretrained(TinyGPT2().eval(), str(out))
+    x = x_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pm(x), rtol=1e-5, atol=1e-5)
