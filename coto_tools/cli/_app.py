@@ -23,7 +23,7 @@ from coto_tools.errors import CotoError
 
 app = typer.Typer(
     name="coto-tools",
-    help="Analyse LoRA adapters: inspect, merge, Shapley values, pruning, connectivity, CoTo training.",
+    help="Analyse LoRA adapters: inspect, merge, Shapley, pruning, connectivity, CoTo training.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -33,7 +33,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Analyse LoRA adapters: inspect, merge, Shapley values, pruning, connectivity, CoTo training."""
+    """Analyse LoRA adapters: inspect, merge, Shapley, pruning, connectivity, CoTo training."""
 
 
 def _one_line(text: str) -> str:

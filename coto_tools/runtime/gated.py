@@ -45,7 +45,9 @@ class GatedLoraLinear(nn.Module):
     def out_features(self) -> int:
         return int(self.base.out_features)
 
-    def add(self, name: str, mod: LoraModule, *, trainable: bool = False, gate: float = 1.0) -> None:
+    def add(
+        self, name: str, mod: LoraModule, *, trainable: bool = False, gate: float = 1.0
+    ) -> None:
         if mod.in_features != self.in_features or mod.out_features != self.out_features:
             raise OptionError(
                 f"adapter shape ({mod.out_features} x {mod.in_features}) does not fit the Linear "
@@ -53,8 +55,12 @@ class GatedLoraLinear(nn.Module):
             )
         dtype = self.base.weight.dtype
         device = self.base.weight.device
-        self.lora_A[name] = nn.Parameter(mod.A.detach().to(device=device, dtype=dtype).clone(), requires_grad=trainable)
-        self.lora_B[name] = nn.Parameter(mod.B.detach().to(device=device, dtype=dtype).clone(), requires_grad=trainable)
+        self.lora_A[name] = nn.Parameter(
+            mod.A.detach().to(device=device, dtype=dtype).clone(), requires_grad=trainable
+        )
+        self.lora_B[name] = nn.Parameter(
+            mod.B.detach().to(device=device, dtype=dtype).clone(), requires_grad=trainable
+        )
         self.scaling[name] = mod.scaling
         self.alpha[name] = float(mod.alpha)
         self.rslora[name] = mod.use_rslora
@@ -117,20 +123,30 @@ class GatedModel:
         except AttributeError as exc:
             raise OptionError(f"module {module_name}: not found in the model") from exc
         if not isinstance(target, nn.Linear):
-            raise OptionError(f"module {module_name}: is a {type(target).__name__}, only nn.Linear is supported")
+            raise OptionError(
+                f"module {module_name}: is a {type(target).__name__}, only nn.Linear is supported"
+            )
         parent, child = _get_parent(self.model, path)
         wrapper = GatedLoraLinear(target)
         setattr(parent, child, wrapper)
         self.layers[module_name] = wrapper
         return wrapper
 
-    def add_adapter(self, adapter: LoraAdapter, name: str = "default", *, trainable: bool = False, gate: float = 1.0) -> None:
+    def add_adapter(
+        self,
+        adapter: LoraAdapter,
+        name: str = "default",
+        *,
+        trainable: bool = False,
+        gate: float = 1.0,
+    ) -> None:
         if name in self.adapter_names:
             raise OptionError(f"adapter name {name!r} is already injected")
         missing = [m for m in adapter.modules if not self._has(m)]
         if missing:
             raise OptionError(
-                f"{adapter.source}: {len(missing)} module(s) not found in the model, e.g. {missing[0]}"
+                f"{adapter.source}: {len(missing)} module(s) not found in the model, "
+                f"e.g. {missing[0]}"
             )
         for mod_name, mod in adapter.modules.items():
             self._wrap(mod_name).add(name, mod, trainable=trainable, gate=gate)
@@ -173,7 +189,7 @@ class GatedModel:
     def set_gates(
         self, gates: Mapping[str, Gate], adapter: str = "default", *, default: Gate | None = 0.0
     ) -> None:
-        """Set gates from ``{module: value}``; modules not named get ``default`` (None: unchanged)."""
+        """Set gates from ``{module: value}``; others get ``default`` (None: unchanged)."""
         unknown = set(gates) - set(self.layers)
         if unknown:
             raise OptionError(f"unknown module(s): {sorted(unknown)[:3]}")
@@ -207,7 +223,12 @@ class GatedModel:
                 out.extend([w.lora_A[adapter], w.lora_B[adapter]])
         return out
 
-    def extract(self, adapter: str = "default", config: Mapping[str, Any] | None = None, source: str = "<trained>") -> LoraAdapter:
+    def extract(
+        self,
+        adapter: str = "default",
+        config: Mapping[str, Any] | None = None,
+        source: str = "<trained>",
+    ) -> LoraAdapter:
         mods = {m: w.export(adapter) for m, w in self.layers.items() if adapter in w.lora_A}
         return LoraAdapter(mods, config=dict(config or {}), source=source)
 
