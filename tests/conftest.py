@@ -1,0 +1,21 @@
+"""Test-wide settings: one torch thread (tiny models are faster on one thread, and CI has two
+cores), no hub access, a private cache directory, and a non-interactive matplotlib backend."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402  (environment must be set before the imports below)
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the zero-shot cache of ``coto-tools tasks`` out of the user's home."""
+    monkeypatch.setenv("COTO_TOOLS_CACHE", str(tmp_path_factory.getbasetemp() / "coto-cache"))
