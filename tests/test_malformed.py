@@ -747,13 +747,17 @@ def _only_coto_errors(data: bytes) -> None:
                 pass
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=5000, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.binary(max_size=300))
 def test_fuzz_random_bytes(data: bytes) -> None:
     _only_coto_errors(data)
 
 
-@settings(max_examples=250, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=250, deadline=5000, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     st.lists(
         st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=6
@@ -767,7 +771,9 @@ def test_fuzz_mutated_valid_file(edits: list[tuple[int, int]], cut: int) -> None
     _only_coto_errors(bytes(data[:cut]) if cut % 3 == 0 else bytes(data))
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=5000, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     st.dictionaries(
         st.sampled_from(

@@ -23,7 +23,7 @@ from coto_tools.shapley import estimate_shapley, recompute
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.game_adapter import AdapterGame
 from coto_tools.shapley.run import LOG_FILE, ShapleyConfig, shapley_run
-from coto_tools.tasks import get_task, metrics_from_logits
+from coto_tools.tasks import metrics_from_logits
 from coto_tools.train import TrainConfig, load_run, train
 
 METRICS = ("logprob", "accuracy", "loss")

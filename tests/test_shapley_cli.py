@@ -106,7 +106,9 @@ def test_kind_players_sampling_and_group_columns(
     runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = [str(runs[0]), "--players", "kind", "--estimator", "permutation", "--budget", "6"]
-    code, _, err = _run([*args, "--split", "quick", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    code, _, err = _run(
+        [*args, "--split", "quick", "--out", str(tmp_path / "o"), "--quiet"], capsys
+    )
     assert code == 0, err
     rows = _read_csv(tmp_path / "o" / "shapley.csv")
     assert [r["player"] for r in rows] == ["q", "k", "v"]

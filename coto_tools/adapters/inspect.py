@@ -88,10 +88,10 @@ def render_table(report: dict[str, Any]) -> str:
         max(len(c), *(len(row[i]) for row in lines)) if lines else len(c)
         for i, c in enumerate(cols)
     ]
-    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
     for row in lines:
-        out.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        out.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     t = report["totals"]
     out.append("")
     out.append(

@@ -40,7 +40,14 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+def _show_warning(  # the signature of warnings.showwarning
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
     print(f"coto-tools: warning: {_one_line(str(message))}", file=sys.stderr)
 
 
@@ -66,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click_exc.UsageError as exc:
         print(f"coto-tools: error: {_one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)
-    except click_exc.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (click_exc.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("coto-tools: interrupted", file=sys.stderr)
         sys.exit(130)
     except click_exc.ClickException as exc:

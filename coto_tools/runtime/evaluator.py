@@ -12,9 +12,14 @@ Evaluation is one deterministic pass over the split (``task.batches(split, batch
 (the tuple of all branch gates in a fixed order); :attr:`Evaluator.n_forward` counts real
 evaluations and :attr:`Evaluator.n_cache_hits` cache hits.
 
-Prefix reuse (BERT-style prompt tasks, see :mod:`coto_tools.runtime.prefix`): the layers below
-the lowest layer whose gates changed since the previous evaluation are not recomputed;
-:meth:`Evaluator.value_batch` orders configurations so that neighbours share long prefixes.
+Prefix reuse (BERT-style prompt tasks, see :mod:`coto_tools.runtime.prefix`): the hidden
+states entering each layer are cached under the gates of the layers below it (LRU, at most
+``prefix_cache_mb``), so a configuration starts at the highest layer whose lower layers' gates
+were seen before (the previous configuration's or any other still cached), and
+:meth:`Evaluator.value_batch` evaluates new configurations in lexicographic order of their gates
+(lowest layer first: a depth-first walk of the prefix tree). The numbers of a configuration do
+not depend on the evaluation order (a cached state is bit-identical to a recomputed one) and
+equal a plain forward up to float rounding (texts are regrouped by length to skip padding).
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from coto_tools.adapters.players import Players
 from coto_tools.errors import OptionError, TaskError
 from coto_tools.runtime.gated import GatedModel, inject
 from coto_tools.runtime.prefix import PrefixRunner, module_layer, supports_prefix
-from coto_tools.tasks.base import SPLITS, Metrics, Task, metrics_from_logits
+from coto_tools.tasks.base import (
+    SPLITS,
+    Metrics,
+    MetricSums,
+    Task,
+    metrics_from_logits,
+    uses_metric_sums,
+)
 from coto_tools.tasks.prompt_head import PromptTask
 
 DEFAULT = "default"
@@ -66,7 +78,9 @@ class Evaluator:
 
     ``adapters``: one adapter (branch name ``"default"``) or ``{name: adapter}``. ``model``: a
     base model to reuse (default: ``task.build_model()``); the adapters are injected into it
-    until :meth:`close`. ``reuse_prefix``: skip unchanged lower layers where supported.
+    until :meth:`close`. ``reuse_prefix``: skip unchanged lower layers where supported;
+    ``prefix_cache_mb``: bound on the cached hidden states (MiB); ``text_chunk``: texts per
+    length-sorted forward chunk (0: the task's batches as given).
     ``logits_cache``: how many configurations' logits to keep for :meth:`metrics_per_example`.
     The evaluator owns the gates of its model: gates set on :attr:`handle` from outside are
     overwritten, and changing the model's weights invalidates the caches (build a new one).
@@ -81,12 +95,18 @@ class Evaluator:
         batch_size: int = 64,
         model: nn.Module | None = None,
         reuse_prefix: bool = True,
+        prefix_cache_mb: float = 256.0,
+        text_chunk: int = 0,
         logits_cache: int = 64,
     ) -> None:
         if split not in SPLITS:
             raise OptionError(f"split {split!r}: allowed {', '.join(SPLITS)}")
         if batch_size <= 0:
             raise OptionError(f"batch_size must be positive, got {batch_size}")
+        if not (math.isfinite(prefix_cache_mb) and prefix_cache_mb >= 0):
+            raise OptionError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
+        if text_chunk < 0:
+            raise OptionError(f"text_chunk must be >= 0, got {text_chunk}")
         named = {DEFAULT: adapters} if isinstance(adapters, LoraAdapter) else dict(adapters)
         if not named:
             raise OptionError("no adapters to evaluate")
@@ -101,16 +121,28 @@ class Evaluator:
         self.batches = task.batches(split, batch_size)
         if not self.batches:
             raise TaskError(f"task {task.name}: split {split!r} is empty")
-        self.labels = torch.cat([b.labels for b in self.batches])
+        # tasks scored by additive sums (causal LM: per token) have no per-example logits
+        self._sums = uses_metric_sums(task)
+        self.labels = torch.empty(0) if self._sums else torch.cat([b.labels for b in self.batches])
         # branches in canonical order: by layer (lowest first), then adapter, then module name
         branches = [(a, m) for a, ad in named.items() for m in ad.modules]
         self.branches: list[Branch] = sorted(branches, key=self._branch_order)
         self._index = {b: i for i, b in enumerate(self.branches)}
-        self._layer_of = [module_layer(m) for _, m in self.branches]
         self._runner: PrefixRunner | None = None
+        self._prefix_end: list[int] = []
         if reuse_prefix and supports_prefix(self.model, task, [m for _, m in self.branches]):
-            self._runner = PrefixRunner(self.model, cast(PromptTask, task), self.batches)
-        self._last: ConfigKey | None = None
+            self._runner = PrefixRunner(
+                self.model,
+                cast(PromptTask, task),
+                self.batches,
+                max_bytes=int(prefix_cache_mb * (1 << 20)),
+                chunk=text_chunk,
+            )
+            # key[: _prefix_end[i]] = the gates of layers 0..i-1 (branches are sorted by layer)
+            layer_of = [cast(int, module_layer(m)) for _, m in self.branches]
+            self._prefix_end = [
+                sum(1 for x in layer_of if x < i) for i in range(self._runner.n_layers)
+            ]
         self._cache: dict[ConfigKey, Metrics] = {}
         self._logits: OrderedDict[ConfigKey, torch.Tensor] = OrderedDict()
         self._logits_cap = max(0, int(logits_cache))
@@ -186,6 +218,8 @@ class Evaluator:
     def metrics_per_example(self, config: Config) -> PerExample:
         """Per-document predictions and log-probabilities of one configuration."""
         key = self.key(config)
+        if self._sums:
+            raise TaskError(f"task {self.task.name}: no per-example logits (scored per token)")
         logits = self._logits.get(key)
         if logits is None:
             logits = self._forward(key)
@@ -203,31 +237,36 @@ class Evaluator:
         if hit is not None:
             self.n_cache_hits += 1
             return hit
-        self._forward(key)
+        if self._sums:
+            self._forward_sums(key)
+        else:
+            self._forward(key)
         return self._cache[key]
 
-    def _first_changed_layer(self, key: ConfigKey) -> int:
-        if self._last is None:
-            return 0
-        changed = [
-            self._layer_of[i]
-            for i, (a, b) in enumerate(zip(self._last, key, strict=True))
-            if a != b
-        ]
-        if not changed:
-            return self._runner.n_layers if self._runner is not None else 0
-        return min(0 if lay is None else lay for lay in changed)
+    def _forward_sums(self, key: ConfigKey) -> None:
+        """One pass adding :meth:`Task.metric_sums` over the split (no logits kept)."""
+        for (adapter, module), g in zip(self.branches, key, strict=True):
+            self.handle.layers[module].gates[adapter] = g
+        total = MetricSums(0.0, 0.0, 0)
+        with torch.inference_mode():
+            for b in self.batches:
+                part = self.task.metric_sums(self.model, b)
+                if part is None:
+                    raise TaskError(f"task {self.task.name}: metric_sums returned None")
+                total = total + part
+        self._last = key
+        self.n_forward += 1
+        self._cache[key] = total.metrics()
 
     def _forward(self, key: ConfigKey) -> torch.Tensor:
         for (adapter, module), g in zip(self.branches, key, strict=True):
             self.handle.layers[module].gates[adapter] = g
         with torch.inference_mode():
             if self._runner is not None:
-                logits = self._runner.run(self._first_changed_layer(key))
+                logits = self._runner.run([key[:e] for e in self._prefix_end])
             else:
                 logits = torch.cat([self.task.logits(self.model, b) for b in self.batches])
         logits = logits.float().cpu()
-        self._last = key
         self.n_forward += 1
         self._cache[key] = metrics_from_logits(logits, self.labels)
         if self._logits_cap:

@@ -105,7 +105,7 @@ def plot_heatmap(
         ax.set_title(title, fontsize=9)
     if colorbar:
         fig.colorbar(im, ax=ax, label=label, shrink=0.8)
-    return fig  # type: ignore[return-value]
+    return fig
 
 
 def plot_heatmaps(
@@ -153,7 +153,7 @@ def plot_convergence(result: ShapleyResult, ax: Axes | None = None, *, top: int 
     ax.set_title(f"{result.estimator}: running estimates (top {len(order)} players, +-1 SE)",
                  fontsize=9)  # fmt: skip
     ax.legend(fontsize=6, ncol=2, loc="best")
-    return fig  # type: ignore[return-value]
+    return fig
 
 
 def _short(name: str) -> str:

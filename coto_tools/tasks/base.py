@@ -6,6 +6,7 @@ methods below. Built-in tasks live in this package; users can plug in their own.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -40,9 +41,14 @@ class Metrics:
         return {"accuracy": self.accuracy, "loss": self.loss, "logprob": self.logprob, "n": self.n}
 
     def get(self, metric: str) -> float:
-        if metric not in ("accuracy", "loss", "logprob"):
+        if metric not in ("accuracy", "loss", "logprob", "perplexity"):
             raise KeyError(metric)
         return float(getattr(self, metric))
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(loss)``: the perplexity of a language-modelling task (inf on overflow)."""
+        return math.exp(self.loss) if self.loss < 700 else math.inf
 
 
 METRIC_NAMES = ("logprob", "accuracy", "loss")
@@ -61,6 +67,33 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
     )
 
 
+@dataclass(frozen=True)
+class MetricSums:
+    """Additive sums over the scored items of a batch (the tokens of a language-modelling task):
+    ``logprob_sum`` of the true items' log-probabilities, ``correct`` argmax hits, ``count``.
+
+    Tasks that are not one-label-per-example return these from :meth:`Task.metric_sums`; the
+    evaluator adds them over the split and reports per-item means (:meth:`metrics`)."""
+
+    logprob_sum: float
+    correct: float
+    count: int
+
+    def __add__(self, other: MetricSums) -> MetricSums:
+        return MetricSums(
+            self.logprob_sum + other.logprob_sum, self.correct + other.correct,
+            self.count + other.count,
+        )  # fmt: skip
+
+    def metrics(self) -> Metrics:
+        """Per-item means: accuracy, logprob, loss = -logprob; ``n`` = items scored."""
+        if self.count <= 0:
+            nan = float("nan")
+            return Metrics(accuracy=nan, loss=nan, logprob=nan, n=0)
+        lp = self.logprob_sum / self.count
+        return Metrics(accuracy=self.correct / self.count, loss=-lp, logprob=lp, n=self.count)
+
+
 class Task(ABC):
     """A classification (or scoring) task over a frozen base model.
 
@@ -71,6 +104,9 @@ class Task(ABC):
     - :meth:`batches` returns the split's examples tokenised once, in fixed order, as batches.
     - :meth:`train_batch` returns the training examples at ``indices`` as one batch.
     - :meth:`logits` maps (model, batch) to ``(n, n_classes)`` logits, differentiably.
+    - optional: :meth:`metric_sums` for tasks scored per item rather than per example (causal
+      language modelling: per token); when overridden the evaluator uses it instead of
+      :meth:`logits` (see :func:`uses_metric_sums`).
     """
 
     name: str = "task"
@@ -95,7 +131,18 @@ class Task(ABC):
     @abstractmethod
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
 
+    def metric_sums(self, model: nn.Module, batch: Batch) -> MetricSums | None:
+        """Additive metric sums of one batch, for tasks not scored by ``(n, C)`` logits.
+
+        The default (``None``) means: score with :meth:`logits` and the batch labels."""
+        return None
+
     def split_sizes(self) -> dict[str, int]:
         return {s: sum(len(b) for b in self.batches(s)) for s in ("eval", "quick")} | {
             "train": self.train_size()
         }
+
+
+def uses_metric_sums(task: Task) -> bool:
+    """Whether ``task`` overrides :meth:`Task.metric_sums` (the evaluator then adds sums)."""
+    return type(task).metric_sums is not Task.metric_sums

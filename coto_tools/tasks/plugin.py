@@ -1,0 +1,101 @@
+"""Task plugins: ``--task-plugin module:function`` (or ``path/to/file.py:function``).
+
+Protocol (docs/task_plugins.md): ``function(**options)`` returns a
+:class:`~coto_tools.tasks.base.Task`. ``options`` are the user-task options given on the command
+line (``base_model``, ``data``, ``label_prompts``, ``max_length``, ``batch_size``, ``limit``;
+only those given), so a plugin may reuse ``--data`` and ``--base-model``; a function that takes
+none of them is called with none. The object is checked to be a ``Task`` with every method the
+evaluator needs. ``get_task("plugin", spec=..., options={...})`` is the library form, and what
+``coto.json``/``shapley.json`` record, so a rerun rebuilds the same task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from coto_tools.errors import TaskError
+from coto_tools.tasks.base import Task
+
+_REQUIRED = ("build_model", "default_targets", "batches", "train_size", "train_batch", "logits")
+
+
+def normalise_spec(spec: str) -> str:
+    """``file.py:fn`` with an absolute path (so a record names the same file from anywhere)."""
+    target, sep, fn = spec.rpartition(":")
+    if not sep or not target or not fn:
+        raise TaskError(f"--task-plugin {spec!r}: expected module:function or file.py:function")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise TaskError(f"--task-plugin {spec!r}: no such file {target}")
+        return f"{path.resolve()}:{fn}"
+    return spec
+
+
+def _load_module(target: str, spec: str) -> Any:
+    if target.endswith(".py"):
+        path = Path(target)
+        name = f"coto_task_plugin_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        mspec = importlib.util.spec_from_file_location(name, path)
+        if mspec is None or mspec.loader is None:
+            raise TaskError(f"--task-plugin {spec!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[name] = module
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise TaskError(f"--task-plugin {spec!r}: importing {path} failed: {exc!r}") from exc
+        return module
+    try:
+        return importlib.import_module(target)
+    except ImportError as exc:
+        raise TaskError(f"--task-plugin {spec!r}: cannot import module {target}: {exc}") from exc
+
+
+def resolve_plugin(spec: str) -> Callable[..., Any]:
+    """The function named by ``spec`` (``module:function`` or ``file.py:function``)."""
+    spec = normalise_spec(spec)
+    target, _, fn_name = spec.rpartition(":")
+    module = _load_module(target, spec)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise TaskError(f"--task-plugin {spec!r}: {target} has no function {fn_name!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+def plugin_task(*, spec: str, options: Mapping[str, Any] | None = None) -> Task:
+    """Call the plugin function with ``options`` (see module doc) and check what it returns."""
+    fn = resolve_plugin(spec)
+    opts = dict(options or {})
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in opts if k not in params and not takes_any]
+    if unknown:
+        raise TaskError(
+            f"--task-plugin {spec}: the function takes no option(s) {', '.join(unknown)} "
+            f"(its parameters: {', '.join(params) or 'none'})"
+        )
+    try:
+        task = fn(**opts)
+    except TaskError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"--task-plugin {spec}: the function raised {exc!r}") from exc
+    if not isinstance(task, Task):
+        raise TaskError(
+            f"--task-plugin {spec}: returned a {type(task).__name__}, expected a "
+            "coto_tools.tasks.base.Task (see docs/task_plugins.md)"
+        )
+    missing = [m for m in _REQUIRED if not callable(getattr(task, m, None))]
+    if missing:  # pragma: no cover - Task's ABC already refuses to instantiate these
+        raise TaskError(f"--task-plugin {spec}: the task lacks {', '.join(missing)}")
+    return task
