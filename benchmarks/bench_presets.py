@@ -15,7 +15,8 @@ Results are appended to ``--out`` (JSON) after every run, so an interrupted run 
 and a rerun skips what is already there (key: candidate, lr, method, seed, steps, batch,
 max tokens); the trained adapters are kept under ``--runs`` for the merge probe.
 
-Selection rule (fixed before any LoRA-vs-CoTo comparison; it uses both methods symmetrically):
+Selection rule (``coto_tools.tasks.presets.HeadroomRule``; fixed before any LoRA-vs-CoTo
+comparison; it uses both methods symmetrically):
 per candidate, with each number averaged over the seeds measured,
 
 - ``gain_min = min over methods (trained - zero-shot)``   (room for adapters to matter)
@@ -52,6 +53,7 @@ from coto_tools.adapters import load_adapter, save_adapter  # noqa: E402
 from coto_tools.adapters.atomic import atomic_write_text  # noqa: E402
 from coto_tools.runtime.evaluator import Evaluator  # noqa: E402
 from coto_tools.tasks import get_task  # noqa: E402
+from coto_tools.tasks.presets import RULE  # noqa: E402
 from coto_tools.train import TrainConfig, train  # noqa: E402
 
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -63,17 +65,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "f-shots16-headline": {"text": "headline", "shots": 16},
 }
 METHODS = ("lora", "coto")
-RULE = {
-    "min_gain": 0.10,
-    "max_top": 0.95,
-    "min_prune_drop": 0.02,
-    "tie": 0.02,
-    "text": (
-        "eligible: min over methods (trained - zero-shot) >= 0.10, max over methods trained "
-        "<= 0.95, max over methods (trained - everyother-even) >= 0.02; pick the largest "
-        "min-gain, ties (within 0.02) to the lowest max trained"
-    ),
-}
 
 
 def run_key(cand: str, lr: float, method: str, seed: int, a: argparse.Namespace) -> str:
@@ -83,7 +74,7 @@ def run_key(cand: str, lr: float, method: str, seed: int, a: argparse.Namespace)
 def load(path: Path) -> dict[str, Any]:
     if path.is_file():
         return json.loads(path.read_text())
-    return {"runs": {}, "merges": {}, "rule": RULE}
+    return {"runs": {}, "merges": {}}
 
 
 def store(path: Path, data: dict[str, Any]) -> None:
@@ -185,7 +176,8 @@ def do_merges(a: argparse.Namespace, data: dict[str, Any]) -> None:
 
 
 def summarise(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per (candidate, lr, steps...) setting: means over seeds per method, and the rule's terms."""
+    """Per setting (candidate, lr, steps, ...): means over seeds per method, in the row format
+    of ``coto_tools.tasks.presets.MEASURED``, plus the rule's terms."""
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for key, r in data["runs"].items():
         setting = key.replace(f"|{r['method']}|s{r['seed']}|", "|")
@@ -194,57 +186,47 @@ def summarise(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for setting, by_m in sorted(groups.items()):
         if set(by_m) != set(METHODS):
             continue
-        row: dict[str, Any] = {"setting": setting, "candidate": by_m["lora"][0]["candidate"]}
-        row["variant"] = by_m["lora"][0]["variant"]
-        row["train_size"] = by_m["lora"][0]["train_size"]
-        row["zero_shot"] = by_m["lora"][0]["zero_shot"]
+        first = by_m["lora"][0]
+        seeds = sorted({r["seed"] for rs in by_m.values() for r in rs})
+        row: dict[str, Any] = {
+            "variant": first["variant"],
+            "lr": first["lr"],
+            "steps": first["steps"],
+            "batch_size": first["batch_size"],
+            "train_docs": first["train_size"],
+            "seeds": seeds,
+            "n": first["zero_shot"]["n"],
+            "zero_shot": round(first["zero_shot"]["accuracy"], 4),
+            "zero_shot_logprob": round(first["zero_shot"]["logprob"], 4),
+        }
         for m, rs in by_m.items():
 
             def mean(f: Any, rs: list[dict[str, Any]] = rs) -> float:
-                return sum(f(r) for r in rs) / len(rs)
+                return round(sum(f(r) for r in rs) / len(rs), 4)
 
+            mk = setting.replace("|T", f"|{m}|s1+s2|T", 1)
             row[m] = {
-                "seeds": sorted(r["seed"] for r in rs),
                 "accuracy": mean(lambda r: r["trained"]["accuracy"]),
                 "logprob": mean(lambda r: r["trained"]["logprob"]),
                 "even": mean(lambda r: r["prune"]["everyother-even"]["accuracy"]),
                 "odd": mean(lambda r: r["prune"]["everyother-odd"]["accuracy"]),
                 "per_seed": [round(r["trained"]["accuracy"], 4) for r in rs],
+                "merge": (
+                    round(data["merges"][mk]["accuracy"], 4) if mk in data["merges"] else None
+                ),
             }
-            mk = setting.replace("|T", f"|{m}|s1+s2|T", 1)
-            if mk in data["merges"]:
-                row[m]["merge"] = data["merges"][mk]["accuracy"]
-        zs = row["zero_shot"]["accuracy"]
-        row["gain_min"] = min(row[m]["accuracy"] - zs for m in METHODS)
-        row["top"] = max(row[m]["accuracy"] for m in METHODS)
-        row["prune_drop"] = max(row[m]["accuracy"] - row[m]["even"] for m in METHODS)
-        row["eligible"] = (
-            row["gain_min"] >= RULE["min_gain"]
-            and row["top"] <= RULE["max_top"]
-            and row["prune_drop"] >= RULE["min_prune_drop"]
-        )
+        row.update({k: round(v, 4) for k, v in RULE.terms(row).items()})
+        row["eligible"] = RULE.eligible(row)
         out[setting] = row
     return out
 
 
-def choose(rows: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
-    pool = [r for r in rows.values() if r["eligible"]]
-    note = "eligible"
-    if not pool:
-        pool, note = list(rows.values()), "no candidate eligible; largest gain_min"
-    if not pool:
-        return None, "nothing measured"
-    best = max(r["gain_min"] for r in pool)
-    tied = [r for r in pool if r["gain_min"] >= best - RULE["tie"]]
-    pick = min(tied, key=lambda r: (r["top"], -r["gain_min"]))
-    return pick["setting"], note
-
-
 def report(a: argparse.Namespace, data: dict[str, Any]) -> str:
     rows = summarise(data)
-    pick, note = choose(rows)
+    pick, ok = RULE.choose(rows) if rows else (None, False)
+    note = "eligible" if ok else "no candidate eligible: largest gain_min"
     data["summary"] = rows
-    data["choice"] = {"setting": pick, "note": note, "rule": RULE["text"]}
+    data["choice"] = {"setting": pick, "note": note, "rule": RULE.describe()}
     store(a.out, data)
     lines = [
         "# BBC task variants: headroom (benchmarks/bench_presets.py)",
@@ -253,26 +235,26 @@ def report(a: argparse.Namespace, data: dict[str, Any]) -> str:
         "SE about 0.02); `lp` = mean log-prob of the true label; even/odd = only the even/odd "
         "layers' adapters kept; merge = 1:1 factor-space merge of seeds 1 and 2.",
         "",
-        f"Rule (fixed before comparing methods): {RULE['text']}.",
+        f"Rule (fixed before comparing methods): {RULE.describe()}.",
         "",
         "| setting | train docs | zero-shot acc / lp | LoRA acc / lp | CoTo acc / lp | "
         "LoRA even / odd | CoTo even / odd | LoRA merge | CoTo merge | gain_min | eligible |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s, r in rows.items():
-        lo, co, zs = r["lora"], r["coto"], r["zero_shot"]
+        lo, co = r["lora"], r["coto"]
 
         def mg(m: dict[str, Any]) -> str:
-            return f"{m['merge']:.3f}" if "merge" in m else "-"
+            return "-" if m["merge"] is None else f"{m['merge']:.3f}"
 
         lines.append(
-            f"| {s} (seeds {lo['seeds']}) | {r['train_size']} | {zs['accuracy']:.3f} / "
-            f"{zs['logprob']:.3f} | {lo['accuracy']:.3f} / {lo['logprob']:.3f} | "
+            f"| {s.replace('|', ' ')} (seeds {r['seeds']}) | {r['train_docs']} | {r['zero_shot']:.3f} / "
+            f"{r['zero_shot_logprob']:.3f} | {lo['accuracy']:.3f} / {lo['logprob']:.3f} | "
             f"{co['accuracy']:.3f} / {co['logprob']:.3f} | {lo['even']:.3f} / {lo['odd']:.3f} | "
             f"{co['even']:.3f} / {co['odd']:.3f} | {mg(lo)} | {mg(co)} | {r['gain_min']:.3f} | "
             f"{'yes' if r['eligible'] else 'no'} |"
         )
-    lines += ["", f"Choice: {pick} ({note})."]
+    lines += ["", f"Choice: {pick and pick.replace('|', ' ')} ({note})."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(a.out.with_suffix(".md"), text)
     return text

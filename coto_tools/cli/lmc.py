@@ -10,6 +10,7 @@ from coto_tools.cli._app import app
 from coto_tools.errors import OptionError
 from coto_tools.lmc.run import LmcConfig, Mode, run_lmc, write_outputs
 from coto_tools.lmc.space import SpaceChoice
+from coto_tools.tasks import options as user_opts
 
 _D = LmcConfig(groups=((Path("a"), Path("b")),))  # the library's defaults, shown in --help
 
@@ -76,6 +77,14 @@ def lmc_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    # -- user task (issue 7): own model + data, or a plugin --
+    base_model: str | None = user_opts.BASE_MODEL,
+    data: Path | None = user_opts.DATA,
+    label_prompts: str | None = user_opts.LABEL_PROMPTS,
+    max_length: int = user_opts.MAX_LENGTH,
+    batch_size: int = user_opts.BATCH_SIZE,
+    limit: int | None = user_opts.LIMIT,
+    task_plugin: str | None = user_opts.TASK_PLUGIN,
 ) -> None:
     """Evaluate the model along the line between adapters A (a=0) and B (a=1).
 
@@ -105,6 +114,10 @@ def lmc_cmd(
                 "three adapters with --plane"
             )
         mode, groups = Mode.pairs, ([tuple(positional)] if positional else []) + list(pairs)
+    user = user_opts.UserTaskArgs(
+        base_model, data, label_prompts, max_length, batch_size, limit, task_plugin
+    )
+    task = user_opts.user_task_spec(user, [p for g in groups for p in g], task=task)
     config = LmcConfig(
         groups=tuple(groups),
         mode=mode,

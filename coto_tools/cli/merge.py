@@ -16,6 +16,8 @@ from coto_tools.merge import (
     MergeSpace,
     merge_files,
 )
+from coto_tools.merge.engine import MergeResult
+from coto_tools.tasks import options as user_opts
 
 
 def _parse_weights(text: str | None) -> tuple[float, ...] | None:
@@ -90,6 +92,22 @@ def merge_cmd(
         help="Output: a path ending in .safetensors gives a bare file, anything else a PEFT "
         "directory. Default merged/ beside the first input (merged-2/, ... if taken).",
     ),
+    # -- evaluation of the result (issue 7) --
+    evaluate: bool = typer.Option(
+        False,
+        "--eval",
+        help="Evaluate the base model, each input and the merged adapter on --task or on the "
+        "user task (--data ...), through the gated runtime.",
+    ),
+    task: str | None = typer.Option(None, "--task", help="--eval: a built-in task name."),
+    split: str = typer.Option("eval", "--split", help="--eval: eval or quick."),
+    base_model: str | None = user_opts.BASE_MODEL,
+    data: Path | None = user_opts.DATA,
+    label_prompts: str | None = user_opts.LABEL_PROMPTS,
+    max_length: int = user_opts.MAX_LENGTH,
+    batch_size: int = user_opts.BATCH_SIZE,
+    limit: int | None = user_opts.LIMIT,
+    task_plugin: str | None = user_opts.TASK_PLUGIN,
 ) -> None:
     """Merge LoRA adapters module by module, streaming from disk; no base model is loaded."""
     config = MergeConfig(
@@ -102,8 +120,42 @@ def merge_cmd(
         seed=seed,
         knots_merge=knots_merge,
     )
+    user = user_opts.UserTaskArgs(
+        base_model, data, label_prompts, max_length, batch_size, limit, task_plugin
+    )
+    if (user.given() or task is not None) and not evaluate:
+        raise OptionError("--task/--data/--base-model/--task-plugin are for --eval; add --eval")
+    if evaluate and not user.given() and task is None:
+        raise OptionError("--eval needs a task: --task NAME, or --data FILE [--base-model DIR]")
     result = merge_files(
         inputs, config, out, force=force, alpha=alpha, allow_pickle=allow_pickle, progress=True
     )
     for line in result.report.summary():
         typer.echo(line)
+    if evaluate:
+        _evaluate(result, inputs, user, task, split, alpha, allow_pickle)
+
+
+def _evaluate(
+    result: MergeResult,
+    inputs: list[Path],
+    user: user_opts.UserTaskArgs,
+    task: str | None,
+    split: str,
+    alpha: float | None,
+    allow_pickle: bool,
+) -> None:
+    """``--eval``: metrics of the base model, each input and the merged adapter."""
+    from coto_tools.adapters import load_adapter
+    from coto_tools.tasks import get_task
+    from coto_tools.tasks.base import uses_metric_sums
+
+    target = Path(str(result.report.output))
+    spec = user_opts.user_task_spec(user, inputs, task=task, head=[target])
+    built = get_task(str(spec))
+    adapters = {f"input {i + 1} ({p})": load_adapter(p, alpha=alpha, allow_pickle=allow_pickle)
+                for i, p in enumerate(inputs)}  # fmt: skip
+    adapters["merged"] = result.adapter
+    lm = uses_metric_sums(built)
+    for name, m in user_opts.evaluate_adapters(built, adapters, split=split).items():
+        typer.echo(f"eval {name}: {user_opts.format_metrics(m, perplexity=lm)} (n={m.n})")

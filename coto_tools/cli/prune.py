@@ -9,6 +9,7 @@ import typer
 from coto_tools.cli._app import app
 from coto_tools.errors import OptionError
 from coto_tools.prune.run import PruneConfig
+from coto_tools.tasks import options as user_opts
 
 _D = PruneConfig(checkpoints=(Path("a"),))  # the library's defaults, shown in --help
 
@@ -66,6 +67,14 @@ def prune_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    # -- user task (issue 7): own model + data, or a plugin --
+    base_model: str | None = user_opts.BASE_MODEL,
+    data: Path | None = user_opts.DATA,
+    label_prompts: str | None = user_opts.LABEL_PROMPTS,
+    max_length: int = user_opts.MAX_LENGTH,
+    batch_size: int = user_opts.BATCH_SIZE,
+    limit: int | None = user_opts.LIMIT,
+    task_plugin: str | None = user_opts.TASK_PLUGIN,
 ) -> None:
     """Evaluate pruning strategies, fraction sweeps and rank truncation; write prune.csv,
     prune_curves.csv, prune_auc.csv, prune_strategies.png, prune_curves.png, prune_report.md."""
@@ -91,6 +100,11 @@ def prune_cmd(
         return
     from coto_tools.prune.outputs import check_outputs, write_outputs
     from coto_tools.prune.run import run_prune
+
+    user = user_opts.UserTaskArgs(
+        base_model, data, label_prompts, max_length, batch_size, limit, task_plugin
+    )
+    task = user_opts.user_task_spec(user, checkpoints, task=task)
 
     config = PruneConfig(
         checkpoints=tuple(checkpoints),

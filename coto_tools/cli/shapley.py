@@ -12,6 +12,7 @@ from coto_tools.cli._app import app
 from coto_tools.errors import OptionError
 from coto_tools.shapley.registry import Estimator
 from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, Split
+from coto_tools.tasks import options as user_opts
 
 _D = ShapleyConfig()  # the library's defaults, shown in --help
 
@@ -62,6 +63,14 @@ def shapley_cmd(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    # -- user task (issue 7): own model + data, or a plugin --
+    base_model: str | None = user_opts.BASE_MODEL,
+    data: Path | None = user_opts.DATA,
+    label_prompts: str | None = user_opts.LABEL_PROMPTS,
+    max_length: int = user_opts.MAX_LENGTH,
+    batch_size: int = user_opts.BATCH_SIZE,
+    limit: int | None = user_opts.LIMIT,
+    task_plugin: str | None = user_opts.TASK_PLUGIN,
 ) -> None:
     """Shapley values of adapters: v(S) = task metric with only the adapters of players S on.
 
@@ -76,6 +85,10 @@ def shapley_cmd(
     if threads < 0:
         raise OptionError(f"--threads must be >= 0, got {threads}")
     several = len(checkpoints) > 1
+    user = user_opts.UserTaskArgs(
+        base_model, data, label_prompts, max_length, batch_size, limit, task_plugin
+    )
+    task = user_opts.user_task_spec(user, checkpoints, task=task)
     config = ShapleyConfig(
         players=players,
         metric=metric,

@@ -20,11 +20,15 @@ def tasks_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List tasks: train/eval/quick sizes, labels, zero-shot accuracy (cached; see --zero-shot)."""
-    from coto_tools.tasks.catalog import describe_tasks, parse_options, render
+    """List tasks: train/eval/quick sizes, labels, zero-shot accuracy (cached; see --zero-shot),
+    and the measured default preset (zero-shot and trained accuracy)."""
+    from coto_tools.tasks.catalog import describe_tasks, parse_options, render, render_presets
 
     infos = describe_tasks(names or None, variant=parse_options(option), zero_shot=zero_shot)
     if as_json:
         typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
     else:
         typer.echo(render(infos))
+        presets = render_presets(infos)
+        if presets:
+            typer.echo("\n" + presets)

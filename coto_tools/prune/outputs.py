@@ -8,7 +8,13 @@ from coto_tools.adapters.atomic import atomic_path, atomic_write_text
 from coto_tools.adapters.io import load_adapter, save_adapter
 from coto_tools.errors import OptionError, OutputExistsError
 from coto_tools.prune.report import write_report
-from coto_tools.prune.run import OUTPUT_FILES, PruneConfig, PruneResult, read_shapley_csv
+from coto_tools.prune.run import (
+    OUTPUT_FILES,
+    PruneConfig,
+    PruneResult,
+    check_shapley_players,
+    read_shapley_csv,
+)
 from coto_tools.prune.strategies import Strategy, parse_strategy, select_strategy
 from coto_tools.prune.tables import (
     AUC_FIELDS,
@@ -88,6 +94,8 @@ def write_pruned(
         raise OptionError(f"--shapley: no such file: {shapley}")
     adapter = load_adapter(checkpoint)
     values = read_shapley_csv(shapley) if shapley is not None else None
+    if values is not None:
+        check_shapley_players(shapley, adapter.names, values)
     norms = {n: m.delta_norm() for n, m in adapter.modules.items()}
     kept = select_strategy(adapter.names, s, shapley=values, norms=norms, seed=seed)
     if not kept:

@@ -180,6 +180,16 @@ def read_shapley_csv(path: str | Path) -> dict[str, float]:
     return out
 
 
+def check_shapley_players(
+    path: str | Path, names: Sequence[str], values: Mapping[str, float]
+) -> None:
+    """:func:`resolve_players` with the ``shapley.csv`` named in the error."""
+    try:
+        resolve_players(names, values)
+    except OptionError as exc:
+        raise OptionError(f"--shapley {path}: {exc}") from None
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     f = (path if path.is_dir() else path.parent) / RUN_FILE
     if not f.is_file():
@@ -230,8 +240,9 @@ def prune_checkpoint(
     names = adapter.names
     shapley = None
     if config.shapley:
-        shapley = read_shapley_csv(config.shapley[min(index, len(config.shapley) - 1)])
-        resolve_players(names, shapley)  # fails early, naming the mismatch
+        csv_path = config.shapley[min(index, len(config.shapley) - 1)]
+        shapley = read_shapley_csv(csv_path)
+        check_shapley_players(csv_path, names, shapley)  # fails early, naming the mismatch
     norms = {n: m.delta_norm() for n, m in adapter.modules.items()}
     explicit = config.strategies is not None
     notes: list[str] = []

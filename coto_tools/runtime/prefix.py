@@ -145,9 +145,11 @@ class PrefixRunner:
         p = batches[0].inputs
         # stream 0: the label prompts (identical in every batch); streams 1..: the texts
         self.streams: list[tuple[torch.Tensor, torch.Tensor]] = [(p[PROMPT_IDS], p[PROMPT_MASK])]
-        self.streams += _text_streams(batches, chunk) if chunk else [
-            (b.inputs[TEXT_IDS], b.inputs[TEXT_MASK]) for b in batches
-        ]
+        self.streams += (
+            _text_streams(batches, chunk)
+            if chunk
+            else [(b.inputs[TEXT_IDS], b.inputs[TEXT_MASK]) for b in batches]
+        )
         if chunk:
             order = _length_order(torch.cat([_extent(b.inputs[TEXT_MASK]) for b in batches]))
             self._unsort: torch.Tensor | None = torch.argsort(order)

@@ -106,7 +106,7 @@ def metric_summary(r: ShapleyResult) -> dict[str, Any]:
         "v_empty": r.v_empty,
         "efficiency_gap": r.efficiency_gap(),
         "rank_stability": _clean(r.rank_stability()),
-        "max_std_error": _clean(float(np.nanmax(r.std_errors))) if r.n_players else None,
+        "max_std_error": _clean(float(np.max(r.std_errors))) if r.n_players else None,
     }
 
 

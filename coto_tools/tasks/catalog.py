@@ -22,6 +22,7 @@ from coto_tools.adapters.atomic import atomic_write_text
 from coto_tools.errors import OptionError
 from coto_tools.tasks import get_task, list_tasks
 from coto_tools.tasks.base import Metrics, Task, metrics_from_logits
+from coto_tools.tasks.presets import preset_for
 
 ZERO_SHOT_FILE = "zero_shot.json"
 
@@ -34,6 +35,7 @@ class TaskInfo:
     sizes: dict[str, int]
     variant: dict[str, Any] = field(default_factory=dict)
     zero_shot: dict[str, float] | None = None  # accuracy, logprob, n (eval split)
+    preset: dict[str, Any] | None = None  # measured default preset (coto_tools.tasks.presets)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class TaskInfo:
             "sizes": self.sizes,
             "variant": self.variant,
             "zero_shot": self.zero_shot,
+            "preset": self.preset,
         }
 
 
@@ -103,7 +106,9 @@ def describe_tasks(
             stored[key] = zs
             changed = True
         desc = task.description or list_tasks().get(name, "")
-        out.append(TaskInfo(name, desc, tuple(task.labels), sizes, variant, zs))
+        preset = preset_for(name, variant)
+        summary = None if preset is None else preset.summary()
+        out.append(TaskInfo(name, desc, tuple(task.labels), sizes, variant, zs, summary))
     if changed:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True))
@@ -138,3 +143,13 @@ def render(infos: list[TaskInfo]) -> str:
         "  ".join(r[c].ljust(widths[c]) for c in range(len(widths))) + "  " + r[-1] for r in rows
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def render_presets(infos: list[TaskInfo]) -> str:
+    """Lines describing the measured default preset of the listed tasks ("" if none)."""
+    lines: list[str] = []
+    for i in infos:
+        preset = preset_for(i.name, i.variant) if i.preset is not None else None
+        if preset is not None:
+            lines += preset.lines()
+    return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""Pruning, Shapley and LMC stages: thin wrappers over ``coto_tools.prune``, ``.shapley`` and
+``.lmc`` that run LoRA and CoTo side by side and keep a JSON summary for the report."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig
+from coto_tools.reproduce.stage import Stage, say, write_json
+from coto_tools.reproduce.training import Run
+
+
+def main_runs(runs: Mapping[str, Run]) -> list[Run]:
+    """The main task's runs, LoRA first, then CoTo, each by seed."""
+    order = {m.value: i for i, m in enumerate(METHODS)}
+    return sorted(
+        (r for r in runs.values() if r.role == "main"), key=lambda r: (order[r.method], r.seed)
+    )
+
+
+def _inputs(runs: Sequence[Run]) -> dict[str, str]:
+    return {r.name: r.fingerprint for r in runs}
+
+
+def _metrics(m: Any) -> dict[str, float]:
+    return dict(m.as_dict())
+
+
+# -- pruning ------------------------------------------------------------------------------------
+def prune_stage(
+    config: ReproduceConfig,
+    preset: Preset,
+    runs: Mapping[str, Run],
+    *,
+    progress: bool,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """The paper's eight structured-pruning strategies on every main run (``prune/``)."""
+    from coto_tools.prune import DEFAULT_STRATEGIES, PruneConfig, run_prune, write_outputs
+
+    rs = main_runs(runs)
+    key = {"split": preset.split, "strategies": list(DEFAULT_STRATEGIES), "inputs": _inputs(rs)}
+    stage = Stage(config.out, "prune", key)
+    if (rec := stage.done()) is not None and not config.force:
+        say("prune: finished earlier, skipped", progress=progress)
+        counters["stages_skipped"] += 1
+        return rec
+    work = stage.start()
+    say(f"prune: {len(DEFAULT_STRATEGIES)} strategies x {len(rs)} adapters on the "
+        f"{preset.split} split", progress=progress)  # fmt: skip
+    pc = PruneConfig(
+        checkpoints=tuple(r.dir for r in rs),
+        labels=tuple(r.method for r in rs),
+        split=preset.split,
+        metric="accuracy",
+        strategies=None,
+        curves=False,
+        rank_sweep=False,
+        out=work,
+        force=True,
+    )
+    result = run_prune(pc, progress=progress)
+    counters["evaluations"] += sum(2 + len(c.strategies) for c in result.checkpoints)
+    write_outputs(result, work)
+    rows = []
+    for r, c in zip(rs, result.checkpoints, strict=True):
+        rows.append(
+            {
+                "run": r.name,
+                "method": r.method,
+                "seed": r.seed,
+                "full": _metrics(c.full),
+                "empty": _metrics(c.empty),
+                "strategies": {s.strategy.name: _metrics(s.metrics) for s in c.strategies},
+                "kept": {s.strategy.name: list(s.kept) for s in c.strategies},
+                "notes": list(c.notes),
+            }
+        )
+    write_json(work / "prune_summary.json", {"split": preset.split, "runs": rows})
+    counters["stages_run"] += 1
+    return stage.commit({"figures": ["prune_strategies.png"], "summary": "prune_summary.json"})
+
+
+# -- Shapley ------------------------------------------------------------------------------------
+def shapley_stage(
+    config: ReproduceConfig,
+    preset: Preset,
+    runs: Mapping[str, Run],
+    *,
+    progress: bool,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """Shapley values of every main run's players (``shapley/<run>/``) and the heatmaps of LoRA
+    beside CoTo on one colour scale. An interrupted stage resumes from each run's evaluation
+    log (kept in the stage's work folder)."""
+    from coto_tools.shapley.outputs import balance_summary, write_comparison
+    from coto_tools.shapley.run import ShapleyConfig, shapley_run
+
+    rs = main_runs(runs)
+    sc = ShapleyConfig(
+        players=preset.shapley_players,
+        metric=preset.shapley_metric,
+        estimator=preset.shapley_estimator,
+        split=preset.analysis_split,
+    )
+    key = {
+        "players": sc.players.value,
+        "metric": sc.metric.value,
+        "estimator": sc.estimator.value,
+        "split": sc.split.value,
+        "inputs": _inputs(rs),
+    }
+    stage = Stage(config.out, "shapley", key)
+    if (rec := stage.done()) is not None and not config.force:
+        say("shapley: finished earlier, skipped", progress=progress)
+        counters["stages_skipped"] += 1
+        return rec
+    work = stage.start(fresh=config.force)
+    say(f"shapley: {sc.estimator.value} values of {sc.players.value} players, {len(rs)} adapters, "
+        f"{sc.split.value} split", progress=progress)  # fmt: skip
+    results = []
+    rows = []
+    for i, r in enumerate(rs, 1):
+        say(f"shapley {i}/{len(rs)}: {r.name}", progress=progress)
+        res = shapley_run(r.dir, replace(sc, out=work / r.name), progress=progress)
+        counters["evaluations"] += int(res.summary["evaluations_computed"])
+        results.append(res)
+        p = res.primary
+        rows.append(
+            {
+                "run": r.name,
+                "method": r.method,
+                "seed": r.seed,
+                "players": list(res.players.names),
+                "members": [list(m) for m in res.players.members],
+                "values": p.values.tolist(),
+                "std_errors": p.std_errors.tolist(),
+                "v_full": p.v_full,
+                "v_empty": p.v_empty,
+                "estimator": p.estimator,
+                "evaluations": p.evaluations,
+                "balance": balance_summary(res.players, p.values),
+                "accuracy_values": res.results["accuracy"].values.tolist(),
+            }
+        )
+    write_comparison(work, results)
+    from coto_tools.reproduce.figures import save, shapley_mean_figure
+
+    save(shapley_mean_figure(rows, metric=sc.metric.value), work / "shapley_mean.png")
+    write_json(work / "shapley_summary.json", {**key, "runs": rows})
+    counters["stages_run"] += 1
+    return stage.commit(
+        {"figures": ["shapley_mean.png", "shapley_heatmaps.png"], "summary": "shapley_summary.json"}
+    )
+
+
+# -- LMC ----------------------------------------------------------------------------------------
+def lmc_pairs(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
+    """Every pair of seeds of the same method (LoRA pairs first)."""
+    pairs = []
+    for m in METHODS:
+        same = [r for r in runs if r.method == m.value]
+        pairs += list(itertools.combinations(same, 2))
+    return pairs
+
+
+def lmc_stage(
+    config: ReproduceConfig,
+    preset: Preset,
+    runs: Mapping[str, Run],
+    *,
+    progress: bool,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """LMC paths and barriers between seeds, in delta and factor space (``lmc/``)."""
+    from coto_tools.lmc.run import LmcConfig, run_lmc, write_outputs
+
+    rs = main_runs(runs)
+    pairs = lmc_pairs(rs)
+    key = {"points": preset.lmc_points, "split": preset.analysis_split, "inputs": _inputs(rs)}
+    stage = Stage(config.out, "lmc", key)
+    if (rec := stage.done()) is not None and not config.force:
+        say("lmc: finished earlier, skipped", progress=progress)
+        counters["stages_skipped"] += 1
+        return rec
+    work = stage.start()
+    if not pairs:
+        reason = "needs at least 2 seeds per method"
+        say(f"lmc: skipped ({reason})", progress=progress)
+        write_json(work / "lmc_summary.json", {"skipped": reason})
+        return stage.commit({"skipped": reason, "summary": "lmc_summary.json"})
+    say(f"lmc: {len(pairs)} seed pairs, {preset.lmc_points} points, delta and factor space, "
+        f"{preset.analysis_split} split", progress=progress)  # fmt: skip
+    lc = LmcConfig(
+        groups=tuple((a.dir, b.dir) for a, b in pairs),
+        labels=tuple(f"{a.method} s{a.seed}-s{b.seed}" for a, b in pairs),
+        points=preset.lmc_points,
+        split=preset.analysis_split,
+        out=work,
+        force=True,
+    )
+    run = run_lmc(lc, progress=progress)
+    counters["evaluations"] += int(run.evaluations)
+    write_outputs(run)
+    rows = []
+    for (a, b), res in zip(pairs, run.results, strict=True):
+        bars = res.barriers()
+        rows.append(
+            {
+                "method": a.method,
+                "seeds": [a.seed, b.seed],
+                "label": res.label,
+                "barriers": {
+                    sp.value: {m: _clean(bars[sp][m].as_dict()) for m in bars[sp]} for sp in bars
+                },
+                "curves": {
+                    sp.value: {"a": list(cv.a), **{m: cv.values(m).tolist() for m in
+                               ("accuracy", "loss", "logprob")}}  # fmt: skip
+                    for sp, cv in res.curves.items()
+                },
+            }
+        )
+    n = next(iter(run.results[0].endpoints().values())).n
+    summary = {"split": preset.analysis_split, "points": preset.lmc_points, "n": n, "pairs": rows}
+    write_json(work / "lmc_summary.json", summary)
+    from coto_tools.reproduce.figures import lmc_figure, save
+
+    save(lmc_figure(summary), work / "lmc_side_by_side.png")
+    counters["stages_run"] += 1
+    return stage.commit({"figures": ["lmc_side_by_side.png"], "summary": "lmc_summary.json"})
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
+
+
+def stage_path(root: Path, stage: str, name: str) -> Path:
+    return Path(root) / stage / name

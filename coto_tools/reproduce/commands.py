@@ -1,0 +1,91 @@
+"""The exact ``coto-tools`` commands that rerun each piece of a reproduction.
+
+Paths are written as ``DIR/...`` with ``DIR`` the reproduction's output directory as given.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from coto_tools.train.config import TrainConfig
+
+# TrainConfig fields -> the train command's flags (task_variant handled separately)
+_TRAIN_FLAGS = {
+    "method": "--method",
+    "seed": "--seed",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "lr_schedule": "--lr-schedule",
+    "lr_floor": "--lr-floor",
+    "warmup_ratio": "--warmup-ratio",
+    "weight_decay": "--weight-decay",
+    "rank": "--rank",
+    "alpha": "--alpha",
+    "schedule": "--schedule",
+    "stage1_ratio": "--stage1-ratio",
+    "p_start": "--p-start",
+    "group": "--group",
+    "lora_dropout": "--lora-dropout",
+    "eval_split": "--eval-split",
+}
+
+
+def _q(parts: Sequence[Any]) -> str:
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def train_command(config: Mapping[str, Any], out: str) -> str:
+    """``coto-tools train ...`` for a run's recorded config (every hyperparameter explicit)."""
+    cfg = TrainConfig.from_dict(config).as_dict()
+    parts: list[Any] = ["coto-tools", "train", "--task", cfg["task"]]
+    for field, flag in _TRAIN_FLAGS.items():
+        parts += [flag, cfg[field]]
+    if cfg.get("targets"):
+        parts += ["--targets", ",".join(cfg["targets"])]
+    variant = dict(cfg.get("task_variant") or {})
+    shots = variant.pop("shots", None)
+    if shots is not None:
+        parts += ["--shots", shots]
+    parts += ["--out", out]
+    line = _q(parts)
+    if variant:
+        line += f"  # task options {variant} have no train flag: set them via the Python API"
+    return line
+
+
+def merge_command(inputs: Sequence[str], row: Mapping[str, Any], out: str, task: str,
+                  split: str) -> str:  # fmt: skip
+    """``coto-tools merge ... --eval``: the merge, then its evaluation on ``task``."""
+    parts: list[Any] = ["coto-tools", "merge", *inputs, "--method", row["merge_method"]]
+    parts += ["--space", row["space"], "--weights", ",".join(f"{w:.10g}" for w in row["weights"])]
+    if row.get("density") is not None:
+        parts += ["--density", row["density"]]
+    parts += ["--out", out, "--eval", "--task", task, "--split", split]
+    return _q(parts)
+
+
+def prune_command(checkpoints: Sequence[str], split: str, out: str) -> str:
+    parts = ["coto-tools", "prune", *checkpoints, "--split", split, "--metric", "accuracy",
+             "--no-curves", "--no-rank-sweep", "--out", out]  # fmt: skip
+    return _q(parts)
+
+
+def shapley_command(checkpoints: Sequence[str], key: Mapping[str, Any], out: str) -> str:
+    parts = ["coto-tools", "shapley", *checkpoints, "--players", key["players"], "--metric",
+             key["metric"], "--estimator", key["estimator"], "--split", key["split"], "--out",
+             out]  # fmt: skip
+    return _q(parts)
+
+
+def lmc_command(pairs: Sequence[tuple[str, str]], labels: Sequence[str], points: int,
+                split: str, out: str) -> str:  # fmt: skip
+    parts: list[Any] = ["coto-tools", "lmc"]
+    for a, b in pairs:
+        parts += ["--pair", a, b]
+    for lab in labels:
+        parts += ["--label", lab]
+    parts += ["--points", points, "--space", "both", "--split", split, "--out", out]
+    return _q(parts)

@@ -1,0 +1,250 @@
+"""Merging stages: same-task merges of seeds (ratios 1:2, 1:1, 1:1:1; factor and delta space)
+and cross-task merges (task arithmetic, arXiv 2212.04089; TIES, arXiv 2306.01708).
+
+Factor space is linear fusion with PEFT's semantics (``method=linear``: A and B merged
+separately); delta space is exact (``method=cat``: ``ΔW = Σ w_i ΔW_i`` by concatenating the
+factors). Each merged adapter is evaluated as one named branch of a shared evaluator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from coto_tools.adapters import load_adapter
+from coto_tools.adapters.lora import LoraAdapter
+from coto_tools.merge import MergeConfig, MergeMethod, MergeSpace, merge_adapters
+from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig, TaskSpec
+from coto_tools.reproduce.stage import Stage, say, write_json
+from coto_tools.reproduce.training import Run
+from coto_tools.tasks.base import Metrics
+
+RATIOS: dict[str, tuple[int, ...]] = {"1:2": (1, 2), "1:1": (1, 1), "1:1:1": (1, 1, 1)}
+SPACES = {"factor": MergeMethod.LINEAR, "delta": MergeMethod.CAT}
+CROSS_METHODS = (MergeMethod.TASK_ARITHMETIC, MergeMethod.TIES)
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """One merge: adapters ``runs`` (same training method) with ``weights`` in ``space``."""
+
+    name: str
+    method: str  # training method of the inputs (lora / coto)
+    label: str  # ratio (1:2, ...) or cross-task merge method
+    seeds: tuple[int, ...]
+    runs: tuple[str, ...]
+    merge: MergeConfig
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.merge.resolve(len(self.runs))
+        return {
+            "name": self.name,
+            "method": self.method,
+            "label": self.label,
+            "seeds": list(self.seeds),
+            "runs": list(self.runs),
+            "merge_method": c.method.value,
+            "space": c.space.value if c.space is not None else None,
+            "weights": list(c.weights or ()),
+            "density": c.density,
+        }
+
+
+def evaluate_adapters(
+    task: TaskSpec,
+    adapters: Mapping[str, LoraAdapter],
+    split: str,
+    *,
+    progress: bool,
+    counters: dict[str, int],
+    desc: str,
+) -> dict[str, Metrics]:
+    """Metrics of each adapter alone (all its modules at gate 1) on ``task``'s ``split``."""
+    from coto_tools.runtime.evaluator import Evaluator
+    from coto_tools.tasks import get_task
+
+    ev = Evaluator(get_task(task.name, **dict(task.variant)), dict(adapters), split=split)
+    try:
+        out = {}
+        for name in tqdm(adapters, desc=desc, unit="adapter", disable=not progress,
+                         file=sys.stderr):  # fmt: skip
+            out[name] = ev.value({(name, m): 1.0 for m in adapters[name].modules})
+        counters["evaluations"] += ev.n_forward
+    finally:
+        ev.close()
+    return out
+
+
+def _row(spec: MergeSpec, m: Metrics, **extra: Any) -> dict[str, Any]:
+    return spec.as_dict() | m.as_dict() | extra
+
+
+def same_task_plan(runs: Mapping[str, Run], seeds: int) -> list[MergeSpec]:
+    """Pairs of seeds at 1:2 and 1:1, triples at 1:1:1 (seeds >= 3), in both spaces."""
+    plan = []
+    for method in METHODS:
+        by_seed = {r.seed: r for r in runs.values() if r.role == "main" and r.method == method}
+        groups = [(ratio, c) for ratio in ("1:2", "1:1") for c in itertools.combinations(
+            range(seeds), 2)]  # fmt: skip
+        if seeds >= 3:
+            groups += [("1:1:1", c) for c in itertools.combinations(range(seeds), 3)]
+        for (ratio, combo), (space, mm) in itertools.product(groups, SPACES.items()):
+            parts = RATIOS[ratio]
+            weights = tuple(p / sum(parts) for p in parts)
+            tag = ratio.replace(":", "to")
+            plan.append(
+                MergeSpec(
+                    name=f"{method.value}-{tag}-s{'-'.join(map(str, combo))}-{space}",
+                    method=method.value,
+                    label=ratio,
+                    seeds=combo,
+                    runs=tuple(by_seed[s].name for s in combo),
+                    merge=MergeConfig(method=mm, weights=weights, space=MergeSpace(space)),
+                )
+            )
+    return plan
+
+
+def cross_plan(runs: Mapping[str, Run], cross_seeds: int) -> list[MergeSpec]:
+    """Per method and seed: the two cross tasks' adapters merged by TA and by TIES (each
+    method's default space and weights)."""
+    plan = []
+    for method, seed, mm in itertools.product(METHODS, range(cross_seeds), CROSS_METHODS):
+        pair = [
+            next(r for r in runs.values() if r.role == role and r.method == method
+                 and r.seed == seed)  # fmt: skip
+            for role in ("cross0", "cross1")
+        ]
+        plan.append(
+            MergeSpec(
+                name=f"{method.value}-{mm.value}-s{seed}",
+                method=method.value,
+                label=mm.value,
+                seeds=(seed,),
+                runs=tuple(r.name for r in pair),
+                merge=MergeConfig(method=mm),
+            )
+        )
+    return plan
+
+
+def _merged(plan: Sequence[MergeSpec], runs: Mapping[str, Run]) -> dict[str, LoraAdapter]:
+    loaded: dict[str, LoraAdapter] = {}
+    out = {}
+    for spec in plan:
+        inputs = []
+        for name in spec.runs:
+            if name not in loaded:
+                loaded[name] = load_adapter(runs[name].dir)
+            inputs.append(loaded[name])
+        out[spec.name] = merge_adapters(inputs, spec.merge).adapter
+    return out
+
+
+def merge_stage(
+    config: ReproduceConfig,
+    preset: Preset,
+    runs: Mapping[str, Run],
+    *,
+    progress: bool,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """Same-task merges; writes ``merge/merge.json`` (+ figure). Returns the summary."""
+    plan = same_task_plan(runs, preset.seeds)
+    key = {
+        "split": preset.split,
+        "plan": [s.as_dict() for s in plan],
+        "inputs": {n: r.fingerprint for n, r in runs.items() if r.role == "main"},
+    }
+    stage = Stage(config.out, "merge", key)
+    if (rec := stage.done()) is not None and not config.force:
+        say("merge: finished earlier, skipped", progress=progress)
+        counters["stages_skipped"] += 1
+        return rec
+    work = stage.start()
+    say(f"merge: {len(plan)} same-task merges on the {preset.split} split", progress=progress)
+    singles = [
+        {"name": r.name, "method": r.method, "label": "0:1", "seeds": [r.seed], "runs": [r.name]}
+        | r.metrics
+        for r in runs.values()
+        if r.role == "main"
+    ]
+    rows = []
+    if plan:
+        metrics = evaluate_adapters(config.main_task_spec(preset), _merged(plan, runs),
+                                    preset.split, progress=progress, counters=counters,
+                                    desc="merge")  # fmt: skip
+        rows = [_row(s, metrics[s.name]) for s in plan]
+    summary = {"split": preset.split, "singles": singles, "merges": rows}
+    write_json(work / "merge.json", summary)
+    from coto_tools.reproduce.figures import merge_figure, save
+
+    save(merge_figure(summary), work / "merge.png")
+    counters["stages_run"] += 1
+    return stage.commit({"figures": ["merge.png"], "summary": "merge.json"})
+
+
+def cross_stage(
+    config: ReproduceConfig,
+    preset: Preset,
+    runs: Mapping[str, Run],
+    *,
+    progress: bool,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """Cross-task merges evaluated on both tasks; writes ``cross/cross.json`` (+ figure), or a
+    ``skipped`` record with the reason when the preset has no cross tasks."""
+    if preset.cross_tasks is None:
+        key = {"skipped": preset.cross_skip_reason}
+    else:
+        key = {
+            "split": preset.split,
+            "tasks": [t.as_dict() for t in preset.cross_tasks],
+            "plan": [s.as_dict() for s in cross_plan(runs, preset.cross_seeds)],
+            "inputs": {n: r.fingerprint for n, r in runs.items() if r.role != "main"},
+        }
+    stage = Stage(config.out, "cross", key)
+    if (rec := stage.done()) is not None and not config.force:
+        say("cross: finished earlier, skipped", progress=progress)
+        counters["stages_skipped"] += 1
+        return rec
+    work = stage.start()
+    if preset.cross_tasks is None:
+        say(f"cross: skipped ({preset.cross_skip_reason})", progress=progress)
+        write_json(work / "cross.json", {"skipped": preset.cross_skip_reason})
+        return stage.commit({"skipped": preset.cross_skip_reason, "summary": "cross.json"})
+    plan = cross_plan(runs, preset.cross_seeds)
+    say(f"cross: {len(plan)} cross-task merges, each evaluated on both tasks", progress=progress)
+    merged = _merged(plan, runs)
+    rows = []
+    for i, t in enumerate(preset.cross_tasks):
+        task = TaskSpec(t.name, {**dict(preset.task_variant), **dict(t.variant)})
+        metrics = evaluate_adapters(task, merged, preset.split, progress=progress,
+                                    counters=counters, desc=f"cross on {t.label}")  # fmt: skip
+        for s in plan:
+            own = runs[s.runs[i]].metrics
+            rows.append(_row(s, metrics[s.name], eval_task=t.label,
+                             own_accuracy=own.get("accuracy")))  # fmt: skip
+    singles = [
+        {"name": r.name, "method": r.method, "seed": r.seed, "role": r.role,
+         "task": preset.cross_tasks[int(r.role[-1])].label} | r.metrics  # fmt: skip
+        for r in runs.values()
+        if r.role != "main"
+    ]
+    summary = {
+        "split": preset.split,
+        "tasks": [t.label for t in preset.cross_tasks],
+        "singles": singles,
+        "merges": rows,
+    }
+    write_json(work / "cross.json", summary)
+    from coto_tools.reproduce.figures import cross_figure, save
+
+    save(cross_figure(summary), work / "cross.png")
+    counters["stages_run"] += 1
+    return stage.commit({"figures": ["cross.png"], "summary": "cross.json"})

@@ -1,0 +1,309 @@
+"""``report.html`` (self-contained: figures as base64 PNG), ``report.md`` and ``claims.json``
+of one or more reproduction directories, built from the stages' outputs alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from coto_tools.adapters.atomic import atomic_write_text
+from coto_tools.errors import OptionError
+from coto_tools.reproduce import commands as cmd
+from coto_tools.reproduce.claims import RULE, build_claims
+from coto_tools.reproduce.stage import DONE_FILE, read_json
+
+STAGES = ("train", "single", "merge", "cross", "prune", "shapley", "lmc")
+META_FILE = "reproduce.json"
+
+
+def load_dir(root: Path) -> dict[str, Any]:
+    """Everything the report needs from one reproduction directory."""
+    root = Path(root)
+    if not (root / META_FILE).is_file():
+        raise OptionError(f"{root}: not a reproduction directory (no {META_FILE})")
+    data: dict[str, Any] = {"root": root, "meta": read_json(root / META_FILE), "done": {},
+                            "summaries": {}}  # fmt: skip
+    for st in STAGES:
+        f = root / st / DONE_FILE
+        if not f.is_file():
+            continue
+        done = read_json(f)
+        data["done"][st] = done
+        if done.get("summary"):
+            data["summaries"][st] = read_json(root / st / done["summary"])
+    data["claims"] = build_claims(data["summaries"])
+    return data
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _ms(side: Mapping[str, Any]) -> str:
+    if side["mean"] is None:
+        return "n/a"
+    sd = "" if side["sd"] is None else f" ± {side['sd']:.3f}"
+    return f"{side['mean']:.3f}{sd} (k={side['k']})"
+
+
+def claims_rows(claims: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    out = []
+    for c in claims:
+        if not c["rows"]:
+            out.append([c["claim"], "-", "-", "-", "-", c["verdict"]])
+        for r in c["rows"]:
+            d = "n/a" if r["d"] is None else f"{r['d']:+.3f}"
+            se = "" if r.get("se_d") is None else f" (2 SE_d {2 * r['se_d']:.3f})"
+            name = ("* " if r["primary"] else "") + r["measure"]
+            out.append([c["claim"], name, _ms(r["lora"]), _ms(r["coto"]), d + se, r["verdict"]])
+    return out
+
+
+def _sections(d: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[list[str]]], list[Path]]]:
+    """(title, paragraphs, tables, figures) per section, shared by HTML and Markdown."""
+    root: Path = d["root"]
+    meta, s, done = d["meta"], d["summaries"], d["done"]
+    preset = meta.get("preset", {})
+    secs = []
+    # overview
+    paras = [
+        f"Task {meta['task']} ({preset.get('name', '?')} preset), {preset.get('seeds')} seed(s) "
+        f"per method; training: {preset.get('steps')} steps, batch {preset.get('batch_size')}, "
+        f"lr {preset.get('lr')}, rank {preset.get('rank')}, alpha {preset.get('alpha')}, task "
+        f"options {preset.get('task_variant')}. Accuracies on the {preset.get('split')} split; "
+        f"Shapley and LMC on the {preset.get('analysis_split')} split.",
+        f"Wall time {_f(meta.get('wall_time_s'), 1)} s (this invocation; stages reused from "
+        f"earlier runs cost nothing); load average at start {meta.get('loadavg_start')}, at end "
+        f"{meta.get('loadavg_end')}; {meta.get('cpus')} CPU(s), torch threads "
+        f"{meta.get('torch_threads')}.",
+    ]
+    times = [[st, _f(done[st].get("wall_time_s"), 1), done[st].get("finished", "")]
+             for st in STAGES if st in done]  # fmt: skip
+    secs.append(("Overview", paras, [[["stage", "wall time (s)", "finished"], *times]], []))
+    secs.append(("Claims", ["Verdict rule: " + RULE],
+                 [[["claim", "measure", "LoRA mean ± sd", "CoTo mean ± sd", "d (CoTo better > 0)",
+                    "verdict"], *claims_rows(d["claims"])]], []))  # fmt: skip
+    if "single" in s:
+        sg = s["single"]
+        rows = [["run", "method", "seed", "accuracy", "log p(true)", "loss", "n"]]
+        rows += [[r["name"], r["method"], str(r["seed"]), _f(r["accuracy"]), _f(r["logprob"]),
+                  _f(r["loss"]), str(r["n"])] for r in sg["runs"]]  # fmt: skip
+        zs = sg.get("zero_shot") or {}
+        secs.append(("1. Generalisation (single-task accuracy)",
+                     [f"Zero-shot (no adapter): accuracy {_f(zs.get('accuracy'))}, log p "
+                      f"{_f(zs.get('logprob'))} on the {sg['split']} split."],
+                     [rows], [root / "single" / "single.png"]))  # fmt: skip
+    if "merge" in s:
+        mg = s["merge"]
+        rows = [["merge", "method", "ratio", "seeds", "space", "accuracy", "log p(true)"]]
+        rows += [[r["name"], r["method"], r["label"], ",".join(map(str, r["seeds"])), r["space"],
+                  _f(r["accuracy"]), _f(r["logprob"])] for r in mg["merges"]]  # fmt: skip
+        secs.append(("2. Merging seeds of the same task",
+                     ["Factor space: linear fusion with PEFT's semantics (A and B merged "
+                      "separately). Delta space: exact (cat), ΔW = Σ w_i ΔW_i. 0:1 = the single "
+                      "adapters."], [rows], [root / "merge" / "merge.png"]))  # fmt: skip
+    if "cross" in s:
+        cr = s["cross"]
+        if "skipped" in cr:
+            secs.append(("2b. Cross-task merging", [f"Skipped: {cr['skipped']}."], [], []))
+        else:
+            rows = [["merge", "method", "seed", "space", "evaluated on", "accuracy",
+                     "own adapter's accuracy"]]  # fmt: skip
+            rows += [[r["name"], r["method"], str(r["seeds"][0]), r["space"], r["eval_task"],
+                      _f(r["accuracy"]), _f(r.get("own_accuracy"))] for r in cr["merges"]]  # fmt: skip
+            secs.append(("2b. Cross-task merging",
+                         [f"Adapters of {cr['tasks'][0]} and {cr['tasks'][1]} merged by task "
+                          "arithmetic (delta space, weights 1, 1) and TIES (factor space, "
+                          "density 0.5, weights 1, 1), each merge evaluated on both tasks."],
+                         [rows], [root / "cross" / "cross.png"]))  # fmt: skip
+    if "prune" in s:
+        runs = s["prune"]["runs"]
+        names = list(runs[0]["strategies"]) if runs else []
+        rows = [["run", "full", "none", *names]]
+        rows += [[r["run"], _f(r["full"]["accuracy"]), _f(r["empty"]["accuracy"]),
+                  *[_f(r["strategies"][k]["accuracy"]) for k in names]] for r in runs]  # fmt: skip
+        secs.append(("3. Pruning robustness",
+                     ["Accuracy with only the adapters each strategy keeps (whole adapters "
+                      "removed, no retraining)."], [rows],
+                     [root / "prune" / "prune_strategies.png"]))  # fmt: skip
+    if "shapley" in s:
+        sh = s["shapley"]
+        rows = [["run", "v(all) - v(none)", "layer CV", "Gini |phi|", "top-3 share", "evaluations"]]
+        rows += [[r["run"], _f(r["v_full"] - r["v_empty"]), _f(r["balance"].get("layer_cv")),
+                  _f(r["balance"].get("gini_abs")), _f(r["balance"].get("top3_share")),
+                  str(r["evaluations"])] for r in sh["runs"]]  # fmt: skip
+        secs.append(("4. Shapley contributions",
+                     [f"{sh['estimator']} Shapley values of {sh['players']} players, value = "
+                      f"{sh['metric']} on the {sh['split']} split. Heatmaps: one colour scale "
+                      "across LoRA and CoTo."], [rows],
+                     [root / "shapley" / "shapley_mean.png",
+                      root / "shapley" / "shapley_heatmaps.png"]))  # fmt: skip
+    if "lmc" in s:
+        lm = s["lmc"]
+        if "skipped" in lm:
+            secs.append(("5. Linear mode connectivity", [f"Skipped: {lm['skipped']}."], [], []))
+        else:
+            rows = [["pair", "space", "accuracy barrier", "loss barrier", "accuracy at a=0.5"]]
+            for p in lm["pairs"]:
+                for sp, b in p["barriers"].items():
+                    rows.append([p["label"], sp, _f(b["accuracy"]["barrier"]),
+                                 _f(b["loss"]["barrier"]), _f(b["accuracy"]["midpoint"])])  # fmt: skip
+            secs.append(("5. Linear mode connectivity",
+                         [f"{lm['points']} points per path on the {lm['split']} split; barrier "
+                          "= largest drop below the straight line between the endpoints."],
+                         [rows], [root / "lmc" / "lmc_side_by_side.png"]))  # fmt: skip
+    secs.append(("6. Commands that rerun each piece", rerun_commands(d), [], []))
+    return secs
+
+
+def rerun_commands(d: Mapping[str, Any]) -> list[str]:
+    """Exact commands (paths relative to where the reproduction was started)."""
+    meta, s, done = d["meta"], d["summaries"], d["done"]
+    out_dir = meta.get("out", str(d["root"]))
+    lines = [f"# everything: {meta.get('command', '')}"]
+    runs = (done.get("train") or {}).get("runs", {})
+    for name, r in runs.items():
+        rec = d["root"] / r["dir"] / "coto.json"
+        if rec.is_file():
+            lines.append(cmd.train_command(read_json(rec)["config"], f"{out_dir}/{r['dir']}"))
+    main = [f"{out_dir}/{r['dir']}" for r in runs.values() if r["role"] == "main"]
+    run_path = {n: f"{out_dir}/{r['dir']}" for n, r in runs.items()}
+    task = meta["task"]
+    for st, rows_key in (("merge", "merges"), ("cross", "merges")):
+        for row in (s.get(st) or {}).get(rows_key, []):
+            if st == "cross" and row["eval_task"] != s["cross"]["tasks"][0]:
+                continue  # one merge command per merge; --eval on the first task
+            tk = task if st == "merge" else row["eval_task"].split("[")[0]
+            lines.append(cmd.merge_command([run_path[n] for n in row["runs"]], row,
+                                           f"{out_dir}/{st}/adapters/{row['name']}", tk,
+                                           s[st]["split"]))  # fmt: skip
+    if "prune" in s:
+        lines.append(cmd.prune_command(main, s["prune"]["split"], f"{out_dir}/prune"))
+    if "shapley" in s:
+        lines.append(cmd.shapley_command(main, s["shapley"], f"{out_dir}/shapley") +
+                     "  # per-run outputs go to each run's shapley/")  # fmt: skip
+    if "lmc" in s and "pairs" in s["lmc"]:
+        by_seed = {(r["method"], int(r["seed"])): run_path[n] for n, r in runs.items()
+                   if r["role"] == "main"}  # fmt: skip
+        pairs = [(by_seed[(p["method"], p["seeds"][0])], by_seed[(p["method"], p["seeds"][1])])
+                 for p in s["lmc"]["pairs"]]  # fmt: skip
+        lines.append(cmd.lmc_command(pairs, [p["label"] for p in s["lmc"]["pairs"]],
+                                     s["lmc"]["points"], s["lmc"]["split"], f"{out_dir}/lmc"))  # fmt: skip
+    return lines
+
+
+# -- rendering ----------------------------------------------------------------------------------
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+    "table{border-collapse:collapse;margin:.6em 0;font-size:.85em}"
+    "td,th{border:1px solid #bbb;padding:3px 7px;text-align:left}th{background:#eee}"
+    "img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}"
+    ".holds{background:#d8f5d0}.does-not-hold{background:#f8d4d4}.inconclusive{background:#f4f0d0}"
+)
+
+
+def _verdict_class(v: str) -> str:
+    return v.replace(" ", "-") if v in ("holds", "does not hold", "inconclusive") else ""
+
+
+def _html_table(rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = []
+    for r in rows[1:]:
+        cells = []
+        for c in r:
+            cls = _verdict_class(c)
+            cells.append(f"<td class='{cls}'>{html.escape(c)}</td>" if cls
+                         else f"<td>{html.escape(c)}</td>")  # fmt: skip
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _png(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<img alt='{html.escape(path.name)}' src='data:image/png;base64,{data}'>"
+
+
+def render_html(datas: Sequence[Mapping[str, Any]]) -> str:
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>coto-tools reproduce"
+             f"</title><style>{_CSS}</style></head><body>",
+             "<h1>CoTo (arXiv 2506.05713) reproduced: LoRA vs CoTo</h1>"]  # fmt: skip
+    for d in datas:
+        if len(datas) > 1:
+            parts.append(f"<h1>{html.escape(str(d['root']))}</h1>")
+        for title, paras, tables, figs in _sections(d):
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+            if title.startswith("6."):
+                parts.append("<pre>" + html.escape("\n".join(paras)) + "</pre>")
+            else:
+                parts += [f"<p>{html.escape(p)}</p>" for p in paras]
+            parts += [_html_table(t) for t in tables]
+            parts += [_png(f) for f in figs if f.is_file()]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _md_table(rows: Sequence[Sequence[str]]) -> str:
+    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(esc[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return "\n".join(lines)
+
+
+def render_md(datas: Sequence[Mapping[str, Any]], base: Path) -> str:
+    parts = ["# CoTo (arXiv 2506.05713) reproduced: LoRA vs CoTo", ""]
+    for d in datas:
+        if len(datas) > 1:
+            parts += [f"# {d['root']}", ""]
+        for title, paras, tables, figs in _sections(d):
+            parts += [f"## {title}", ""]
+            if title.startswith("6."):
+                parts += ["```", *paras, "```", ""]
+            else:
+                parts += [p + "\n" for p in paras]
+            parts += [_md_table(t) + "\n" for t in tables]
+            parts += [f"![{f.name}]({_rel(f, base)})\n" for f in figs if f.is_file()]
+    return "\n".join(parts)
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def claims_json(datas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        "format": "coto-tools/claims",
+        "version": 1,
+        "rule": RULE,
+        "runs": [{"dir": str(d["root"]), "task": d["meta"]["task"],
+                  "preset": d["meta"].get("preset"), "claims": d["claims"]} for d in datas],  # fmt: skip
+    }
+
+
+def build_report(dirs: Sequence[str | Path] | str | Path, *, out: str | Path | None = None) -> Path:
+    """Write ``report.html``, ``report.md`` and ``claims.json`` for reproduction directories
+    ``dirs`` (one section each) into ``out`` (default: the only directory; required for
+    several). Reads the stages' outputs only: evaluates and trains nothing. Returns the HTML
+    path."""
+    ds = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(p) for p in dirs]
+    if not ds:
+        raise OptionError("report: give at least one reproduction directory")
+    if out is None and len(ds) > 1:
+        raise OptionError("report: with several directories, give --out for the combined page")
+    target = Path(out) if out is not None else ds[0]
+    datas = [load_dir(p) for p in ds]
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target / "claims.json", json.dumps(claims_json(datas), indent=2) + "\n")
+    atomic_write_text(target / "report.md", render_md(datas, target))
+    return atomic_write_text(target / "report.html", render_html(datas))

