@@ -22,6 +22,7 @@ Rerun:  python benchmarks/bench_all.py [--quick] [--only evaluator,merge] [--thr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -125,7 +126,13 @@ def section_merge(args: argparse.Namespace) -> list[Row]:
     extra = ["--layers", str(layers), "--threads", str(args.threads)]
     with tempfile.TemporaryDirectory(prefix="bench_all_merge_") as tmp:
         root = Path(tmp)
-        inputs = [str(p) for p in bm.make_inputs(root, layers)]
+        # inputs made in another process: a child's ru_maxrss starts at its parent's peak (Linux
+        # keeps the high-water mark across fork/exec), so this process must stay small
+        make = (
+            f"import bench_merge, pathlib; bench_merge.make_inputs(pathlib.Path({tmp!r}), {layers})"
+        )
+        subprocess.run([sys.executable, "-c", make], cwd=HERE, check=True)
+        inputs = [str(root / "a"), str(root / "b")]
         for space in ("factor", "delta"):
             c = bm._run_child_layers(["coto", space, str(root / f"c-{space}"), *inputs], extra)
             p = bm._run_child_layers(["peft", space, str(root / f"p-{space}"), *inputs], extra)
@@ -202,6 +209,17 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
 }
 
 
+def _run_section(name: str, argv: Sequence[str]) -> list[Row]:
+    """One section in a fresh process (no state, memory or threads carried between sections)."""
+    with tempfile.TemporaryDirectory(prefix="bench_all_") as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, __file__, *argv, "--section", name, "--rows-out", str(out)]
+        proc = subprocess.run(cmd, check=False)
+        if proc.returncode != 0 or not out.is_file():
+            return [(name, "failed", f"exit {proc.returncode}")]
+        return [tuple(r) for r in json.loads(out.read_text())]  # type: ignore[misc]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")
@@ -210,7 +228,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--run", default="/tmp/perf9/bbc-topic-60", help="bbc-topic run dir")
     ap.add_argument("--merge-layers", type=int, default=4, help="layers of the merge shape")
     ap.add_argument("--target", type=float, default=0.05, help="shapley rel. L2 target")
+    ap.add_argument("--section", help=argparse.SUPPRESS)
+    ap.add_argument("--rows-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    raw = list(argv if argv is not None else sys.argv[1:])
+    if args.section:
+        rows = RUNNERS[args.section](args)
+        Path(args.rows_out).write_text(json.dumps(rows))
+        return
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in chosen if s not in RUNNERS]
     if bad:
@@ -220,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in chosen:
         print(f"\n=== {name} ({_load()}) ===", flush=True)
         t0 = time.perf_counter()
-        table += RUNNERS[name](args)
+        table += _run_section(name, raw)
         print(f"--- {name}: {time.perf_counter() - t0:.0f} s ({_load()})", flush=True)
     total = time.perf_counter() - t_all
     print(f"\n=== summary ({total:.0f} s; threads {args.threads}; {_load()}) ===")

@@ -4,7 +4,8 @@ From a trained built-in-task checkpoint (``--checkpoint DIR`` from ``coto-tools 
 default one is trained with ``coto-tools train --task bbc-topic`` into ``--workdir``), the players
 are the query and value adapters of the 6 layers (12 players; the key adapters stay off). Every
 coalition is evaluated once on the task's ``quick`` split (128 documents) with the evaluator's
-prefix reuse (coalitions are sent in chunks sorted so that neighbours share their lower layers).
+prefix reuse: coalitions are sent in an order where neighbours share their lower layers, and the
+evaluator keeps the last configuration's activations, so the saving holds across calls.
 Each evaluation is appended to an :class:`~coto_tools.shapley.EvaluationLog` in ``--workdir``,
 so an interrupted run resumes where it stopped. The finished table is written to ``--out``
 (a ``TableGame`` JSON: player names + 4,096 values per metric, indexed by coalition bitmask).
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", help="run directory from coto-tools train (default: train one)")
     p.add_argument("--workdir", default="/tmp/coto_bench_shapley_real", help="log + checkpoint")
     p.add_argument("--split", default="quick", choices=["quick", "eval"])
-    p.add_argument("--chunk", type=int, default=256, help="coalitions per evaluator batch")
+    p.add_argument("--chunk", type=int, default=16, help="coalitions per call (then logged)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new coalitions")
     p.add_argument("--out", default=None, help="table JSON (default benchmarks/data/...)")

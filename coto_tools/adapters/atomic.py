@@ -33,6 +33,43 @@ def _public_modes(tmp: Path) -> None:
             os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: the process exists under another user
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temporary siblings ``.<name>.tmp-<pid>-*`` of ``path`` left by runs that were
+    killed (their process ``<pid>`` no longer exists); returns what was removed. Siblings of a
+    live process, or without a pid in their name, are left alone."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    head = f".{path.name}.tmp-"
+    removed: list[Path] = []
+    try:
+        entries = [p for p in parent.iterdir() if p.name.startswith(head)]
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(head) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_path(
     path: str | Path, *, force: bool = False, directory: bool = False
@@ -40,7 +77,8 @@ def atomic_path(
     """Yield a temporary sibling of ``path``; on success rename it to ``path``.
 
     A failure (or a kill) leaves ``path`` as it was; the temporary sibling is removed on
-    exceptions (a SIGKILL can leave a ``.<name>.tmp-*`` sibling behind, never ``path`` itself).
+    exceptions (a SIGKILL can leave a ``.<name>.tmp-<pid>-*`` sibling behind, never ``path``
+    itself; the next write of ``path`` removes it, see :func:`remove_stale_temps`).
     An existing ``path`` is refused unless ``force``.
     """
     path = Path(path)
@@ -51,7 +89,8 @@ def atomic_path(
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CotoError(f"{parent}: cannot create output directory: {exc.strerror or exc}") from exc
-    prefix = f".{path.name}.tmp-"
+    remove_stale_temps(path)
+    prefix = f".{path.name}.tmp-{os.getpid()}-"
     try:
         if directory:
             tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,11 @@ def prune_stage(
         counters["stages_skipped"] += 1
         return rec
     work = stage.start()
-    say(f"prune: {len(DEFAULT_STRATEGIES)} strategies x {len(rs)} adapters on the "
-        f"{preset.split} split", progress=progress)  # fmt: skip
+    say(
+        f"prune: {len(DEFAULT_STRATEGIES)} strategies x {len(rs)} adapters on the "
+        f"{preset.split} split",
+        progress=progress,
+    )
     pc = PruneConfig(
         checkpoints=tuple(r.dir for r in rs),
         labels=tuple(r.method for r in rs),
@@ -122,8 +125,11 @@ def shapley_stage(
         counters["stages_skipped"] += 1
         return rec
     work = stage.start(fresh=config.force)
-    say(f"shapley: {sc.estimator.value} values of {sc.players.value} players, {len(rs)} adapters, "
-        f"{sc.split.value} split", progress=progress)  # fmt: skip
+    say(
+        f"shapley: {sc.estimator.value} values of {sc.players.value} players, {len(rs)} adapters, "
+        f"{sc.split.value} split",
+        progress=progress,
+    )
     results = []
     rows = []
     for i, r in enumerate(rs, 1):
@@ -195,8 +201,11 @@ def lmc_stage(
         say(f"lmc: skipped ({reason})", progress=progress)
         write_json(work / "lmc_summary.json", {"skipped": reason})
         return stage.commit({"skipped": reason, "summary": "lmc_summary.json"})
-    say(f"lmc: {len(pairs)} seed pairs, {preset.lmc_points} points, delta and factor space, "
-        f"{preset.analysis_split} split", progress=progress)  # fmt: skip
+    say(
+        f"lmc: {len(pairs)} seed pairs, {preset.lmc_points} points, delta and factor space, "
+        f"{preset.analysis_split} split",
+        progress=progress,
+    )
     lc = LmcConfig(
         groups=tuple((a.dir, b.dir) for a, b in pairs),
         labels=tuple(f"{a.method} s{a.seed}-s{b.seed}" for a, b in pairs),
@@ -220,8 +229,10 @@ def lmc_stage(
                     sp.value: {m: _clean(bars[sp][m].as_dict()) for m in bars[sp]} for sp in bars
                 },
                 "curves": {
-                    sp.value: {"a": list(cv.a), **{m: cv.values(m).tolist() for m in
-                               ("accuracy", "loss", "logprob")}}  # fmt: skip
+                    sp.value: {
+                        "a": list(cv.a),
+                        **{m: cv.values(m).tolist() for m in ("accuracy", "loss", "logprob")},
+                    }
                     for sp, cv in res.curves.items()
                 },
             }

@@ -49,22 +49,39 @@ class Row:
 
     def judge(self) -> dict[str, Any]:
         """Means, standard deviations, standard errors, d, SE_d and the verdict."""
-        out: dict[str, Any] = {"measure": self.measure, "primary": self.primary,
-                               "higher_is_better": self.higher_is_better, "unit": self.unit}  # fmt: skip
+        out: dict[str, Any] = {
+            "measure": self.measure,
+            "primary": self.primary,
+            "higher_is_better": self.higher_is_better,
+            "unit": self.unit,
+        }
         ses = []
-        for name, vals, b in (("lora", self.lora, self.floor[0]), ("coto", self.coto, self.floor[1])):
+        for name, vals, b in (
+            ("lora", self.lora, self.floor[0]),
+            ("coto", self.coto, self.floor[1]),
+        ):
             v = np.asarray([x for x in vals if x is not None and math.isfinite(x)], dtype=float)
             k = int(v.size)
             mean = float(v.mean()) if k else None
             sd = float(v.std(ddof=1)) if k > 1 else None
             se = math.sqrt((sd**2 / k if sd is not None else 0.0) + b**2) if k else None
-            out[name] = {"mean": mean, "sd": sd, "k": k, "se": se, "floor_se": b,
-                         "values": [float(x) for x in v]}  # fmt: skip
+            out[name] = {
+                "mean": mean,
+                "sd": sd,
+                "k": k,
+                "se": se,
+                "floor_se": b,
+                "values": [float(x) for x in v],
+            }
             ses.append(se)
         lo, co = out["lora"], out["coto"]
         if lo["k"] < 2 or co["k"] < 2:
-            out |= {"d": _diff(lo, co, self.higher_is_better), "se_d": None,
-                    "verdict": INCONCLUSIVE, "why": "fewer than 2 values per method"}  # fmt: skip
+            out |= {
+                "d": _diff(lo, co, self.higher_is_better),
+                "se_d": None,
+                "verdict": INCONCLUSIVE,
+                "why": "fewer than 2 values per method",
+            }
             return out
         d = _diff(lo, co, self.higher_is_better)
         se_d = math.sqrt(ses[0] ** 2 + ses[1] ** 2)
@@ -74,8 +91,12 @@ class Row:
             verdict = FAILS
         else:
             verdict = INCONCLUSIVE
-        out |= {"d": d, "se_d": se_d, "verdict": verdict, "why": f"d = {d:.4g}, 2 SE_d = "
-                f"{Z * se_d:.4g}"}  # fmt: skip
+        out |= {
+            "d": d,
+            "se_d": se_d,
+            "verdict": verdict,
+            "why": f"d = {d:.4g}, 2 SE_d = {Z * se_d:.4g}",
+        }
         return out
 
 
@@ -97,11 +118,17 @@ def _mean(x: Sequence[float]) -> float | None:
 
 
 def _by(rows: Sequence[Mapping[str, Any]], method: str, **match: Any) -> list[Mapping[str, Any]]:
-    return [r for r in rows if r["method"] == method and all(r.get(k) == v for k, v in match.items())]
+    return [
+        r for r in rows if r["method"] == method and all(r.get(k) == v for k, v in match.items())
+    ]
 
 
-def _acc_row(measure: str, rows_by_method: Mapping[str, Sequence[Mapping[str, Any]]],
-             *, primary: bool = False) -> Row:  # fmt: skip
+def _acc_row(
+    measure: str,
+    rows_by_method: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    primary: bool = False,
+) -> Row:
     vals = {m: tuple(float(r["accuracy"]) for r in rs) for m, rs in rows_by_method.items()}
     floors = tuple(
         binomial_se(_mean(vals[m]), int(rows_by_method[m][0]["n"]) if rows_by_method[m] else None)
@@ -139,14 +166,25 @@ def generalisation(single: Mapping[str, Any]) -> Claim:
 def merging(merge: Mapping[str, Any], cross: Mapping[str, Any] | None) -> Claim:
     rows: list[Row] = []
     merges = merge.get("merges", [])
-    for space, ratio in (("factor", "1:1"), ("factor", "1:2"), ("factor", "1:1:1"),
-                         ("delta", "1:1"), ("delta", "1:2"), ("delta", "1:1:1")):  # fmt: skip
+    for space, ratio in (
+        ("factor", "1:1"),
+        ("factor", "1:2"),
+        ("factor", "1:1:1"),
+        ("delta", "1:1"),
+        ("delta", "1:2"),
+        ("delta", "1:1:1"),
+    ):
         by = {m: _by(merges, m, label=ratio, space=space) for m in ("lora", "coto")}
         if not by["lora"] and not by["coto"]:
             continue
         what = "linear fusion, PEFT factor space" if space == "factor" else "exact, delta space"
-        rows.append(_acc_row(f"{ratio} merge of seeds, accuracy ({what})", by,
-                             primary=(space, ratio) == ("factor", "1:1")))  # fmt: skip
+        rows.append(
+            _acc_row(
+                f"{ratio} merge of seeds, accuracy ({what})",
+                by,
+                primary=(space, ratio) == ("factor", "1:1"),
+            )
+        )
     if cross and "merges" in cross:
         tasks = list(cross["tasks"])
         for label in sorted({r["label"] for r in cross["merges"]}):
@@ -156,17 +194,38 @@ def merging(merge: Mapping[str, Any], cross: Mapping[str, Any] | None) -> Claim:
                 per_seed: dict[int, dict[str, Mapping[str, Any]]] = {}
                 for r in _by(cross["merges"], m, label=label):
                     per_seed.setdefault(r["seeds"][0], {})[r["eval_task"]] = r
-                vals[m] = [float(np.mean([d[t]["accuracy"] for t in tasks]))
-                           for d in per_seed.values() if all(t in d for t in tasks)]  # fmt: skip
+                vals[m] = [
+                    float(np.mean([d[t]["accuracy"] for t in tasks]))
+                    for d in per_seed.values()
+                    if all(t in d for t in tasks)
+                ]
                 first = next(iter(per_seed.values()), {})
-                var = sum(binomial_se(_mean([d[t]["accuracy"] for d in per_seed.values()]),
-                                      first[t]["n"]) ** 2 for t in tasks if t in first) / 4  # fmt: skip
+                var = (
+                    sum(
+                        binomial_se(
+                            _mean([d[t]["accuracy"] for d in per_seed.values()]), first[t]["n"]
+                        )
+                        ** 2
+                        for t in tasks
+                        if t in first
+                    )
+                    / 4
+                )
                 floors.append(math.sqrt(var))
-            rows.append(Row(f"cross-task {label} merge, mean accuracy on {' and '.join(tasks)}",
-                            tuple(vals["lora"]), tuple(vals["coto"]), True,
-                            (floors[0], floors[1]), False, "acc"))  # fmt: skip
-    return _claim("merging", "Merged CoTo adapters keep more accuracy than merged LoRA adapters.",
-                  rows)  # fmt: skip
+            rows.append(
+                Row(
+                    f"cross-task {label} merge, mean accuracy on {' and '.join(tasks)}",
+                    tuple(vals["lora"]),
+                    tuple(vals["coto"]),
+                    True,
+                    (floors[0], floors[1]),
+                    False,
+                    "acc",
+                )
+            )
+    return _claim(
+        "merging", "Merged CoTo adapters keep more accuracy than merged LoRA adapters.", rows
+    )
 
 
 def pruning(prune: Mapping[str, Any]) -> Claim:
@@ -174,10 +233,13 @@ def pruning(prune: Mapping[str, Any]) -> Claim:
     n = int(runs[0]["full"]["n"]) if runs else None
     rows = []
     for measure, names, primary in (
-        ("everyother (mean of even and odd layers kept), accuracy",
-         ("everyother-even", "everyother-odd"), True),
+        (
+            "everyother (mean of even and odd layers kept), accuracy",
+            ("everyother-even", "everyother-odd"),
+            True,
+        ),
         ("mean accuracy over the 8 pruning strategies", None, False),
-    ):  # fmt: skip
+    ):
         vals = {}
         for m in ("lora", "coto"):
             out = []
@@ -190,25 +252,38 @@ def pruning(prune: Mapping[str, Any]) -> Claim:
             vals[m] = tuple(out)
         floors = (binomial_se(_mean(vals["lora"]), n), binomial_se(_mean(vals["coto"]), n))
         rows.append(Row(measure, vals["lora"], vals["coto"], True, floors, primary, "acc"))
-    return _claim("pruning robustness",
-                  "CoTo adapters lose less accuracy than LoRA adapters when whole adapters are "
-                  "pruned.", rows)  # fmt: skip
+    return _claim(
+        "pruning robustness",
+        "CoTo adapters lose less accuracy than LoRA adapters when whole adapters are pruned.",
+        rows,
+    )
 
 
 def shapley_balance(shapley: Mapping[str, Any]) -> Claim:
     runs = shapley["runs"]
     rows = []
     for measure, field, primary in (
-        ("coefficient of variation of per-layer Shapley contributions (lower = more balanced)",
-         "layer_cv", True),
+        (
+            "coefficient of variation of per-layer Shapley contributions (lower = more balanced)",
+            "layer_cv",
+            True,
+        ),
         ("Gini of |Shapley values| (lower = more balanced)", "gini_abs", False),
-    ):  # fmt: skip
-        vals = {m: tuple(float(r["balance"][field]) for r in _by(runs, m)
-                         if r["balance"].get(field) is not None) for m in ("lora", "coto")}  # fmt: skip
+    ):
+        vals = {
+            m: tuple(
+                float(r["balance"][field])
+                for r in _by(runs, m)
+                if r["balance"].get(field) is not None
+            )
+            for m in ("lora", "coto")
+        }
         rows.append(Row(measure, vals["lora"], vals["coto"], False, (0.0, 0.0), primary))
-    return _claim("balanced Shapley contributions",
-                  "CoTo spreads the adapters' contributions more evenly over layers than LoRA.",
-                  rows)  # fmt: skip
+    return _claim(
+        "balanced Shapley contributions",
+        "CoTo spreads the adapters' contributions more evenly over layers than LoRA.",
+        rows,
+    )
 
 
 def connectivity(lmc: Mapping[str, Any]) -> Claim:
@@ -222,12 +297,28 @@ def connectivity(lmc: Mapping[str, Any]) -> Claim:
             for m in ("lora", "coto"):
                 ps = [p for p in pairs if p["method"] == m and space in p["barriers"]]
                 vals[m] = tuple(p["barriers"][space][metric]["barrier"] for p in ps)
-                ends = [0.5 * (p["barriers"][space]["accuracy"]["a0"]
-                               + p["barriers"][space]["accuracy"]["a1"]) for p in ps]  # fmt: skip
-                floors.append(binomial_se(_mean(ends), lmc.get("n")) if metric == "accuracy"
-                              else 0.0)  # fmt: skip
-            rows.append(Row(f"{metric} barrier between seeds ({space} space)", vals["lora"],
-                            vals["coto"], False, (floors[0], floors[1]), primary, metric))  # fmt: skip
+                ends = [
+                    0.5
+                    * (
+                        p["barriers"][space]["accuracy"]["a0"]
+                        + p["barriers"][space]["accuracy"]["a1"]
+                    )
+                    for p in ps
+                ]
+                floors.append(
+                    binomial_se(_mean(ends), lmc.get("n")) if metric == "accuracy" else 0.0
+                )
+            rows.append(
+                Row(
+                    f"{metric} barrier between seeds ({space} space)",
+                    vals["lora"],
+                    vals["coto"],
+                    False,
+                    (floors[0], floors[1]),
+                    primary,
+                    metric,
+                )
+            )
     return _claim("connectivity", _LMC_TEXT, rows)
 
 
@@ -250,8 +341,14 @@ def build_claims(summaries: Mapping[str, Mapping[str, Any] | None]) -> list[Clai
     for name, make, needs in makers:
         missing = [n for n in needs if not summaries.get(n)]
         if missing:
-            out.append({"claim": name, "statement": "", "rows": [],
-                        "verdict": f"not measured (stage {missing[0]} not finished)"})  # fmt: skip
+            out.append(
+                {
+                    "claim": name,
+                    "statement": "",
+                    "rows": [],
+                    "verdict": f"not measured (stage {missing[0]} not finished)",
+                }
+            )
         else:
             out.append(make(summaries))
     return out

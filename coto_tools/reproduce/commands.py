@@ -56,8 +56,9 @@ def train_command(config: Mapping[str, Any], out: str) -> str:
     return line
 
 
-def merge_command(inputs: Sequence[str], row: Mapping[str, Any], out: str, task: str,
-                  split: str) -> str:  # fmt: skip
+def merge_command(
+    inputs: Sequence[str], row: Mapping[str, Any], out: str, task: str, split: str
+) -> str:
     """``coto-tools merge ... --eval``: the merge, then its evaluation on ``task``."""
     parts: list[Any] = ["coto-tools", "merge", *inputs, "--method", row["merge_method"]]
     parts += ["--space", row["space"], "--weights", ",".join(f"{w:.10g}" for w in row["weights"])]
@@ -68,20 +69,44 @@ def merge_command(inputs: Sequence[str], row: Mapping[str, Any], out: str, task:
 
 
 def prune_command(checkpoints: Sequence[str], split: str, out: str) -> str:
-    parts = ["coto-tools", "prune", *checkpoints, "--split", split, "--metric", "accuracy",
-             "--no-curves", "--no-rank-sweep", "--out", out]  # fmt: skip
+    parts = [
+        "coto-tools",
+        "prune",
+        *checkpoints,
+        "--split",
+        split,
+        "--metric",
+        "accuracy",
+        "--no-curves",
+        "--no-rank-sweep",
+        "--out",
+        out,
+    ]
     return _q(parts)
 
 
 def shapley_command(checkpoints: Sequence[str], key: Mapping[str, Any], out: str) -> str:
-    parts = ["coto-tools", "shapley", *checkpoints, "--players", key["players"], "--metric",
-             key["metric"], "--estimator", key["estimator"], "--split", key["split"], "--out",
-             out]  # fmt: skip
+    parts = [
+        "coto-tools",
+        "shapley",
+        *checkpoints,
+        "--players",
+        key["players"],
+        "--metric",
+        key["metric"],
+        "--estimator",
+        key["estimator"],
+        "--split",
+        key["split"],
+        "--out",
+        out,
+    ]
     return _q(parts)
 
 
-def lmc_command(pairs: Sequence[tuple[str, str]], labels: Sequence[str], points: int,
-                split: str, out: str) -> str:  # fmt: skip
+def lmc_command(
+    pairs: Sequence[tuple[str, str]], labels: Sequence[str], points: int, split: str, out: str
+) -> str:
     parts: list[Any] = ["coto-tools", "lmc"]
     for a, b in pairs:
         parts += ["--pair", a, b]

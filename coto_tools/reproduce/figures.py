@@ -85,16 +85,27 @@ def merge_figure(summary: Mapping[str, Any]) -> Figure:
                 if ratio == "0:1":
                     acc = [r["accuracy"] for r in summary["singles"] if r["method"] == m]
                 else:
-                    acc = [r["accuracy"] for r in summary["merges"]
-                           if r["method"] == m and r["label"] == ratio and r["space"] == space]  # fmt: skip
+                    acc = [
+                        r["accuracy"]
+                        for r in summary["merges"]
+                        if r["method"] == m and r["label"] == ratio and r["space"] == space
+                    ]
                 if acc:
                     mean, sd = _mean_sd(acc)
                     xs.append(i)
                     ys.append(mean)
                     es.append(sd)
                     allv += acc
-            ax.errorbar(xs, ys, yerr=es, fmt=style, marker="o", color=COLORS[m], capsize=3,
-                        label=f"{NAMES[m]} ({space})")  # fmt: skip
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=es,
+                fmt=style,
+                marker="o",
+                color=COLORS[m],
+                capsize=3,
+                label=f"{NAMES[m]} ({space})",
+            )
     ax.set_xticks(range(len(ratios)), ratios)
     ax.set_xlabel("merge ratio of seeds (0:1 = no merge)")
     ax.set_ylabel(f"accuracy ({summary['split']} split)")
@@ -119,17 +130,22 @@ def cross_figure(summary: Mapping[str, Any]) -> Figure:
             means, sds = [], []
             for g in groups:
                 if g == "own adapter":
-                    acc = [r["accuracy"] for r in summary["singles"]
-                           if r["method"] == m and r["task"] == task]  # fmt: skip
+                    acc = [
+                        r["accuracy"]
+                        for r in summary["singles"]
+                        if r["method"] == m and r["task"] == task
+                    ]
                 else:
-                    acc = [r["accuracy"] for r in summary["merges"]
-                           if r["method"] == m and r["label"] == g and r["eval_task"] == task]  # fmt: skip
+                    acc = [
+                        r["accuracy"]
+                        for r in summary["merges"]
+                        if r["method"] == m and r["label"] == g and r["eval_task"] == task
+                    ]
                 mean, sd = _mean_sd(acc)
                 means.append(mean)
                 sds.append(sd)
             x = np.arange(len(groups)) + (j - 0.5) * width
-            ax.bar(x, means, width, yerr=sds, color=COLORS[m], alpha=0.7, capsize=3,
-                   label=NAMES[m])  # fmt: skip
+            ax.bar(x, means, width, yerr=sds, color=COLORS[m], alpha=0.7, capsize=3, label=NAMES[m])
         ax.set_xticks(range(len(groups)), groups, fontsize=8)
         ax.set_title(f"evaluated on {task}", fontsize=9)
         ax.set_ylabel("accuracy")
@@ -174,8 +190,15 @@ def lmc_figure(summary: Mapping[str, Any]) -> Figure:
                         continue
                     b = p["barriers"][space][metric]["barrier"]
                     bt = "nan" if b is None else f"{b:.3g}"
-                    ax.plot(cv["a"], cv[metric], style, marker="o", ms=3, color=color,
-                            label=f"s{p['seeds'][0]}-s{p['seeds'][1]} {space}: barrier {bt}")  # fmt: skip
+                    ax.plot(
+                        cv["a"],
+                        cv[metric],
+                        style,
+                        marker="o",
+                        ms=3,
+                        color=color,
+                        label=f"s{p['seeds'][0]}-s{p['seeds'][1]} {space}: barrier {bt}",
+                    )
             ax.set_title(f"{NAMES[m]}: {metric}", fontsize=9)
             ax.set_xlabel("a (0 = first seed, 1 = second)")
             ax.grid(alpha=0.3)

@@ -71,8 +71,9 @@ def evaluate_adapters(
     ev = Evaluator(get_task(task.name, **dict(task.variant)), dict(adapters), split=split)
     try:
         out = {}
-        for name in tqdm(adapters, desc=desc, unit="adapter", disable=not progress,
-                         file=sys.stderr):  # fmt: skip
+        for name in tqdm(
+            adapters, desc=desc, unit="adapter", disable=not progress, file=sys.stderr
+        ):
             out[name] = ev.value({(name, m): 1.0 for m in adapters[name].modules})
         counters["evaluations"] += ev.n_forward
     finally:
@@ -89,8 +90,9 @@ def same_task_plan(runs: Mapping[str, Run], seeds: int) -> list[MergeSpec]:
     plan = []
     for method in METHODS:
         by_seed = {r.seed: r for r in runs.values() if r.role == "main" and r.method == method}
-        groups = [(ratio, c) for ratio in ("1:2", "1:1") for c in itertools.combinations(
-            range(seeds), 2)]  # fmt: skip
+        groups = [
+            (ratio, c) for ratio in ("1:2", "1:1") for c in itertools.combinations(range(seeds), 2)
+        ]
         if seeds >= 3:
             groups += [("1:1:1", c) for c in itertools.combinations(range(seeds), 3)]
         for (ratio, combo), (space, mm) in itertools.product(groups, SPACES.items()):
@@ -116,8 +118,9 @@ def cross_plan(runs: Mapping[str, Run], cross_seeds: int) -> list[MergeSpec]:
     plan = []
     for method, seed, mm in itertools.product(METHODS, range(cross_seeds), CROSS_METHODS):
         pair = [
-            next(r for r in runs.values() if r.role == role and r.method == method
-                 and r.seed == seed)  # fmt: skip
+            next(
+                r for r in runs.values() if r.role == role and r.method == method and r.seed == seed
+            )
             for role in ("cross0", "cross1")
         ]
         plan.append(
@@ -176,9 +179,14 @@ def merge_stage(
     ]
     rows = []
     if plan:
-        metrics = evaluate_adapters(config.main_task_spec(preset), _merged(plan, runs),
-                                    preset.split, progress=progress, counters=counters,
-                                    desc="merge")  # fmt: skip
+        metrics = evaluate_adapters(
+            config.main_task_spec(preset),
+            _merged(plan, runs),
+            preset.split,
+            progress=progress,
+            counters=counters,
+            desc="merge",
+        )
         rows = [_row(s, metrics[s.name]) for s in plan]
     summary = {"split": preset.split, "singles": singles, "merges": rows}
     write_json(work / "merge.json", summary)
@@ -224,15 +232,28 @@ def cross_stage(
     rows = []
     for i, t in enumerate(preset.cross_tasks):
         task = TaskSpec(t.name, {**dict(preset.task_variant), **dict(t.variant)})
-        metrics = evaluate_adapters(task, merged, preset.split, progress=progress,
-                                    counters=counters, desc=f"cross on {t.label}")  # fmt: skip
+        metrics = evaluate_adapters(
+            task,
+            merged,
+            preset.split,
+            progress=progress,
+            counters=counters,
+            desc=f"cross on {t.label}",
+        )
         for s in plan:
             own = runs[s.runs[i]].metrics
-            rows.append(_row(s, metrics[s.name], eval_task=t.label,
-                             own_accuracy=own.get("accuracy")))  # fmt: skip
+            rows.append(
+                _row(s, metrics[s.name], eval_task=t.label, own_accuracy=own.get("accuracy"))
+            )
     singles = [
-        {"name": r.name, "method": r.method, "seed": r.seed, "role": r.role,
-         "task": preset.cross_tasks[int(r.role[-1])].label} | r.metrics  # fmt: skip
+        {
+            "name": r.name,
+            "method": r.method,
+            "seed": r.seed,
+            "role": r.role,
+            "task": preset.cross_tasks[int(r.role[-1])].label,
+        }
+        | r.metrics
         for r in runs.values()
         if r.role != "main"
     ]

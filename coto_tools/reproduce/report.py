@@ -25,8 +25,12 @@ def load_dir(root: Path) -> dict[str, Any]:
     root = Path(root)
     if not (root / META_FILE).is_file():
         raise OptionError(f"{root}: not a reproduction directory (no {META_FILE})")
-    data: dict[str, Any] = {"root": root, "meta": read_json(root / META_FILE), "done": {},
-                            "summaries": {}}  # fmt: skip
+    data: dict[str, Any] = {
+        "root": root,
+        "meta": read_json(root / META_FILE),
+        "done": {},
+        "summaries": {},
+    }
     for st in STAGES:
         f = root / st / DONE_FILE
         if not f.is_file():
@@ -67,7 +71,9 @@ def claims_rows(claims: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return out
 
 
-def _sections(d: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[list[str]]], list[Path]]]:
+def _sections(
+    d: Mapping[str, Any],
+) -> list[tuple[str, list[str], list[list[list[str]]], list[Path]]]:
     """(title, paragraphs, tables, figures) per section, shared by HTML and Markdown."""
     root: Path = d["root"]
     meta, s, done = d["meta"], d["summaries"], d["done"]
@@ -85,67 +91,176 @@ def _sections(d: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[list
         f"{meta.get('loadavg_end')}; {meta.get('cpus')} CPU(s), torch threads "
         f"{meta.get('torch_threads')}.",
     ]
-    times = [[st, _f(done[st].get("wall_time_s"), 1), done[st].get("finished", "")]
-             for st in STAGES if st in done]  # fmt: skip
+    times = [
+        [st, _f(done[st].get("wall_time_s"), 1), done[st].get("finished", "")]
+        for st in STAGES
+        if st in done
+    ]
     secs.append(("Overview", paras, [[["stage", "wall time (s)", "finished"], *times]], []))
-    secs.append(("Claims", ["Verdict rule: " + RULE],
-                 [[["claim", "measure", "LoRA mean ± sd", "CoTo mean ± sd", "d (CoTo better > 0)",
-                    "verdict"], *claims_rows(d["claims"])]], []))  # fmt: skip
+    secs.append(
+        (
+            "Claims",
+            ["Verdict rule: " + RULE],
+            [
+                [
+                    [
+                        "claim",
+                        "measure",
+                        "LoRA mean ± sd",
+                        "CoTo mean ± sd",
+                        "d (CoTo better > 0)",
+                        "verdict",
+                    ],
+                    *claims_rows(d["claims"]),
+                ]
+            ],
+            [],
+        )
+    )
     if "single" in s:
         sg = s["single"]
         rows = [["run", "method", "seed", "accuracy", "log p(true)", "loss", "n"]]
-        rows += [[r["name"], r["method"], str(r["seed"]), _f(r["accuracy"]), _f(r["logprob"]),
-                  _f(r["loss"]), str(r["n"])] for r in sg["runs"]]  # fmt: skip
+        rows += [
+            [
+                r["name"],
+                r["method"],
+                str(r["seed"]),
+                _f(r["accuracy"]),
+                _f(r["logprob"]),
+                _f(r["loss"]),
+                str(r["n"]),
+            ]
+            for r in sg["runs"]
+        ]
         zs = sg.get("zero_shot") or {}
-        secs.append(("1. Generalisation (single-task accuracy)",
-                     [f"Zero-shot (no adapter): accuracy {_f(zs.get('accuracy'))}, log p "
-                      f"{_f(zs.get('logprob'))} on the {sg['split']} split."],
-                     [rows], [root / "single" / "single.png"]))  # fmt: skip
+        secs.append(
+            (
+                "1. Generalisation (single-task accuracy)",
+                [
+                    f"Zero-shot (no adapter): accuracy {_f(zs.get('accuracy'))}, log p "
+                    f"{_f(zs.get('logprob'))} on the {sg['split']} split."
+                ],
+                [rows],
+                [root / "single" / "single.png"],
+            )
+        )
     if "merge" in s:
         mg = s["merge"]
         rows = [["merge", "method", "ratio", "seeds", "space", "accuracy", "log p(true)"]]
-        rows += [[r["name"], r["method"], r["label"], ",".join(map(str, r["seeds"])), r["space"],
-                  _f(r["accuracy"]), _f(r["logprob"])] for r in mg["merges"]]  # fmt: skip
-        secs.append(("2. Merging seeds of the same task",
-                     ["Factor space: linear fusion with PEFT's semantics (A and B merged "
-                      "separately). Delta space: exact (cat), ΔW = Σ w_i ΔW_i. 0:1 = the single "
-                      "adapters."], [rows], [root / "merge" / "merge.png"]))  # fmt: skip
+        rows += [
+            [
+                r["name"],
+                r["method"],
+                r["label"],
+                ",".join(map(str, r["seeds"])),
+                r["space"],
+                _f(r["accuracy"]),
+                _f(r["logprob"]),
+            ]
+            for r in mg["merges"]
+        ]
+        secs.append(
+            (
+                "2. Merging seeds of the same task",
+                [
+                    "Factor space: linear fusion with PEFT's semantics (A and B merged "
+                    "separately). Delta space: exact (cat), ΔW = Σ w_i ΔW_i. 0:1 = the single "
+                    "adapters."
+                ],
+                [rows],
+                [root / "merge" / "merge.png"],
+            )
+        )
     if "cross" in s:
         cr = s["cross"]
         if "skipped" in cr:
             secs.append(("2b. Cross-task merging", [f"Skipped: {cr['skipped']}."], [], []))
         else:
-            rows = [["merge", "method", "seed", "space", "evaluated on", "accuracy",
-                     "own adapter's accuracy"]]  # fmt: skip
-            rows += [[r["name"], r["method"], str(r["seeds"][0]), r["space"], r["eval_task"],
-                      _f(r["accuracy"]), _f(r.get("own_accuracy"))] for r in cr["merges"]]  # fmt: skip
-            secs.append(("2b. Cross-task merging",
-                         [f"Adapters of {cr['tasks'][0]} and {cr['tasks'][1]} merged by task "
-                          "arithmetic (delta space, weights 1, 1) and TIES (factor space, "
-                          "density 0.5, weights 1, 1), each merge evaluated on both tasks."],
-                         [rows], [root / "cross" / "cross.png"]))  # fmt: skip
+            rows = [
+                [
+                    "merge",
+                    "method",
+                    "seed",
+                    "space",
+                    "evaluated on",
+                    "accuracy",
+                    "own adapter's accuracy",
+                ]
+            ]
+            rows += [
+                [
+                    r["name"],
+                    r["method"],
+                    str(r["seeds"][0]),
+                    r["space"],
+                    r["eval_task"],
+                    _f(r["accuracy"]),
+                    _f(r.get("own_accuracy")),
+                ]
+                for r in cr["merges"]
+            ]
+            secs.append(
+                (
+                    "2b. Cross-task merging",
+                    [
+                        f"Adapters of {cr['tasks'][0]} and {cr['tasks'][1]} merged by task "
+                        "arithmetic (delta space, weights 1, 1) and TIES (factor space, "
+                        "density 0.5, weights 1, 1), each merge evaluated on both tasks."
+                    ],
+                    [rows],
+                    [root / "cross" / "cross.png"],
+                )
+            )
     if "prune" in s:
         runs = s["prune"]["runs"]
         names = list(runs[0]["strategies"]) if runs else []
         rows = [["run", "full", "none", *names]]
-        rows += [[r["run"], _f(r["full"]["accuracy"]), _f(r["empty"]["accuracy"]),
-                  *[_f(r["strategies"][k]["accuracy"]) for k in names]] for r in runs]  # fmt: skip
-        secs.append(("3. Pruning robustness",
-                     ["Accuracy with only the adapters each strategy keeps (whole adapters "
-                      "removed, no retraining)."], [rows],
-                     [root / "prune" / "prune_strategies.png"]))  # fmt: skip
+        rows += [
+            [
+                r["run"],
+                _f(r["full"]["accuracy"]),
+                _f(r["empty"]["accuracy"]),
+                *[_f(r["strategies"][k]["accuracy"]) for k in names],
+            ]
+            for r in runs
+        ]
+        secs.append(
+            (
+                "3. Pruning robustness",
+                [
+                    "Accuracy with only the adapters each strategy keeps (whole adapters "
+                    "removed, no retraining)."
+                ],
+                [rows],
+                [root / "prune" / "prune_strategies.png"],
+            )
+        )
     if "shapley" in s:
         sh = s["shapley"]
         rows = [["run", "v(all) - v(none)", "layer CV", "Gini |phi|", "top-3 share", "evaluations"]]
-        rows += [[r["run"], _f(r["v_full"] - r["v_empty"]), _f(r["balance"].get("layer_cv")),
-                  _f(r["balance"].get("gini_abs")), _f(r["balance"].get("top3_share")),
-                  str(r["evaluations"])] for r in sh["runs"]]  # fmt: skip
-        secs.append(("4. Shapley contributions",
-                     [f"{sh['estimator']} Shapley values of {sh['players']} players, value = "
-                      f"{sh['metric']} on the {sh['split']} split. Heatmaps: one colour scale "
-                      "across LoRA and CoTo."], [rows],
-                     [root / "shapley" / "shapley_mean.png",
-                      root / "shapley" / "shapley_heatmaps.png"]))  # fmt: skip
+        rows += [
+            [
+                r["run"],
+                _f(r["v_full"] - r["v_empty"]),
+                _f(r["balance"].get("layer_cv")),
+                _f(r["balance"].get("gini_abs")),
+                _f(r["balance"].get("top3_share")),
+                str(r["evaluations"]),
+            ]
+            for r in sh["runs"]
+        ]
+        secs.append(
+            (
+                "4. Shapley contributions",
+                [
+                    f"{sh['estimator']} Shapley values of {sh['players']} players, value = "
+                    f"{sh['metric']} on the {sh['split']} split. Heatmaps: one colour scale "
+                    "across LoRA and CoTo."
+                ],
+                [rows],
+                [root / "shapley" / "shapley_mean.png", root / "shapley" / "shapley_heatmaps.png"],
+            )
+        )
     if "lmc" in s:
         lm = s["lmc"]
         if "skipped" in lm:
@@ -154,12 +269,26 @@ def _sections(d: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[list
             rows = [["pair", "space", "accuracy barrier", "loss barrier", "accuracy at a=0.5"]]
             for p in lm["pairs"]:
                 for sp, b in p["barriers"].items():
-                    rows.append([p["label"], sp, _f(b["accuracy"]["barrier"]),
-                                 _f(b["loss"]["barrier"]), _f(b["accuracy"]["midpoint"])])  # fmt: skip
-            secs.append(("5. Linear mode connectivity",
-                         [f"{lm['points']} points per path on the {lm['split']} split; barrier "
-                          "= largest drop below the straight line between the endpoints."],
-                         [rows], [root / "lmc" / "lmc_side_by_side.png"]))  # fmt: skip
+                    rows.append(
+                        [
+                            p["label"],
+                            sp,
+                            _f(b["accuracy"]["barrier"]),
+                            _f(b["loss"]["barrier"]),
+                            _f(b["accuracy"]["midpoint"]),
+                        ]
+                    )
+            secs.append(
+                (
+                    "5. Linear mode connectivity",
+                    [
+                        f"{lm['points']} points per path on the {lm['split']} split; barrier "
+                        "= largest drop below the straight line between the endpoints."
+                    ],
+                    [rows],
+                    [root / "lmc" / "lmc_side_by_side.png"],
+                )
+            )
     secs.append(("6. Commands that rerun each piece", rerun_commands(d), [], []))
     return secs
 
@@ -170,7 +299,7 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
     out_dir = meta.get("out", str(d["root"]))
     lines = [f"# everything: {meta.get('command', '')}"]
     runs = (done.get("train") or {}).get("runs", {})
-    for name, r in runs.items():
+    for r in runs.values():
         rec = d["root"] / r["dir"] / "coto.json"
         if rec.is_file():
             lines.append(cmd.train_command(read_json(rec)["config"], f"{out_dir}/{r['dir']}"))
@@ -182,21 +311,41 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
             if st == "cross" and row["eval_task"] != s["cross"]["tasks"][0]:
                 continue  # one merge command per merge; --eval on the first task
             tk = task if st == "merge" else row["eval_task"].split("[")[0]
-            lines.append(cmd.merge_command([run_path[n] for n in row["runs"]], row,
-                                           f"{out_dir}/{st}/adapters/{row['name']}", tk,
-                                           s[st]["split"]))  # fmt: skip
+            lines.append(
+                cmd.merge_command(
+                    [run_path[n] for n in row["runs"]],
+                    row,
+                    f"{out_dir}/{st}/adapters/{row['name']}",
+                    tk,
+                    s[st]["split"],
+                )
+            )
     if "prune" in s:
         lines.append(cmd.prune_command(main, s["prune"]["split"], f"{out_dir}/prune"))
     if "shapley" in s:
-        lines.append(cmd.shapley_command(main, s["shapley"], f"{out_dir}/shapley") +
-                     "  # per-run outputs go to each run's shapley/")  # fmt: skip
+        lines.append(
+            cmd.shapley_command(main, s["shapley"], f"{out_dir}/shapley")
+            + "  # per-run outputs go to each run's shapley/"
+        )
     if "lmc" in s and "pairs" in s["lmc"]:
-        by_seed = {(r["method"], int(r["seed"])): run_path[n] for n, r in runs.items()
-                   if r["role"] == "main"}  # fmt: skip
-        pairs = [(by_seed[(p["method"], p["seeds"][0])], by_seed[(p["method"], p["seeds"][1])])
-                 for p in s["lmc"]["pairs"]]  # fmt: skip
-        lines.append(cmd.lmc_command(pairs, [p["label"] for p in s["lmc"]["pairs"]],
-                                     s["lmc"]["points"], s["lmc"]["split"], f"{out_dir}/lmc"))  # fmt: skip
+        by_seed = {
+            (r["method"], int(r["seed"])): run_path[n]
+            for n, r in runs.items()
+            if r["role"] == "main"
+        }
+        pairs = [
+            (by_seed[(p["method"], p["seeds"][0])], by_seed[(p["method"], p["seeds"][1])])
+            for p in s["lmc"]["pairs"]
+        ]
+        lines.append(
+            cmd.lmc_command(
+                pairs,
+                [p["label"] for p in s["lmc"]["pairs"]],
+                s["lmc"]["points"],
+                s["lmc"]["split"],
+                f"{out_dir}/lmc",
+            )
+        )
     return lines
 
 
@@ -221,8 +370,9 @@ def _html_table(rows: Sequence[Sequence[str]]) -> str:
         cells = []
         for c in r:
             cls = _verdict_class(c)
-            cells.append(f"<td class='{cls}'>{html.escape(c)}</td>" if cls
-                         else f"<td>{html.escape(c)}</td>")  # fmt: skip
+            cells.append(
+                f"<td class='{cls}'>{html.escape(c)}</td>" if cls else f"<td>{html.escape(c)}</td>"
+            )
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -233,9 +383,11 @@ def _png(path: Path) -> str:
 
 
 def render_html(datas: Sequence[Mapping[str, Any]]) -> str:
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>coto-tools reproduce"
-             f"</title><style>{_CSS}</style></head><body>",
-             "<h1>CoTo (arXiv 2506.05713) reproduced: LoRA vs CoTo</h1>"]  # fmt: skip
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>coto-tools reproduce"
+        f"</title><style>{_CSS}</style></head><body>",
+        "<h1>CoTo (arXiv 2506.05713) reproduced: LoRA vs CoTo</h1>",
+    ]
     for d in datas:
         if len(datas) > 1:
             parts.append(f"<h1>{html.escape(str(d['root']))}</h1>")
@@ -286,8 +438,15 @@ def claims_json(datas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "format": "coto-tools/claims",
         "version": 1,
         "rule": RULE,
-        "runs": [{"dir": str(d["root"]), "task": d["meta"]["task"],
-                  "preset": d["meta"].get("preset"), "claims": d["claims"]} for d in datas],  # fmt: skip
+        "runs": [
+            {
+                "dir": str(d["root"]),
+                "task": d["meta"]["task"],
+                "preset": d["meta"].get("preset"),
+                "claims": d["claims"],
+            }
+            for d in datas
+        ],
     }
 
 

@@ -49,7 +49,7 @@ class StepRecord:
     active: tuple[str, ...]
 
 
-def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+def lora_layers(model: nn.Module) -> dict[str, Any]:
     """PEFT ``LoraLayer`` modules of ``model`` by coto-tools module name (PEFT's
     ``base_model.model.`` prefix stripped), in model order."""
     from peft.tuners.lora import LoraLayer
@@ -62,7 +62,7 @@ def gate_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[2])
 
 
-class CoToCallback(TrainerCallback):  # type: ignore[misc,valid-type]
+class CoToCallback(TrainerCallback):
     """Stochastic LoRA activation (CoTo, arXiv 2506.05713) for ``transformers.Trainer``.
 
     ``group``: ``layer`` (default, as the paper), ``module``, ``kind`` or ``tower``. Schedule:
@@ -91,7 +91,7 @@ class CoToCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         self.schedule = schedule
         self.model = model
         self.rng = gate_rng(seed)
-        self.layers: dict[str, nn.Module] = {}
+        self.layers: dict[str, Any] = {}  # PEFT LoraLayer modules
         self.players: Players | None = None
         self.history: list[StepRecord] = []
 

@@ -1,0 +1,156 @@
+"""``reproduce(config) -> ReproduceResult``: train LoRA and CoTo adapters alike, run every
+analysis of the CoTo paper (arXiv 2506.05713) on them, and write the report.
+
+Stages (each in ``DIR/<stage>/``, skipped on a rerun when finished with the same inputs):
+train, single, merge, cross, prune, shapley, lmc; then ``report.html``, ``report.md`` and
+``claims.json`` in ``DIR`` (rebuilt on every call from the stages' outputs; cheap).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coto_tools.errors import OptionError
+from coto_tools.reproduce.analyses import lmc_stage, main_runs, prune_stage, shapley_stage
+from coto_tools.reproduce.config import Preset, ReproduceConfig
+from coto_tools.reproduce.merging import cross_stage, merge_stage
+from coto_tools.reproduce.report import META_FILE, build_report
+from coto_tools.reproduce.stage import Stage, read_json, say, write_json
+from coto_tools.reproduce.training import Run, train_stage
+
+META_FORMAT = "coto-tools/reproduce"
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """What one call did: ``trained`` runs, ``evaluations`` requested from evaluators,
+    stages run and skipped, and the report written."""
+
+    out: Path
+    report: Path
+    claims: list[dict[str, Any]]
+    trained: int
+    evaluations: int
+    stages_run: int
+    stages_skipped: int
+    wall_time_s: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def command_line(config: ReproduceConfig, preset: Preset) -> str:
+    parts = ["coto-tools", "reproduce", "--task", config.task, "--seeds", str(preset.seeds)]
+    if config.quick:
+        parts.append("--quick")
+    if config.steps is not None:
+        parts += ["--steps", str(config.steps)]
+    return " ".join([*parts, "--out", str(config.out)])
+
+
+def single_stage(
+    config: ReproduceConfig,
+    preset: Preset,
+    runs: Mapping[str, Run],
+    *,
+    progress: bool,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """Single-task accuracy and log-probability of every main run, and zero-shot (all measured
+    by the trainer on the preset's split: no new evaluation)."""
+    rs = main_runs(runs)
+    key = {"split": preset.split, "inputs": {r.name: r.fingerprint for r in rs}}
+    stage = Stage(config.out, "single", key)
+    if (rec := stage.done()) is not None and not config.force:
+        say("single: finished earlier, skipped", progress=progress)
+        counters["stages_skipped"] += 1
+        return rec
+    work = stage.start()
+    say("single: single-task accuracy of each adapter (from training records)", progress=progress)
+    rows = [{"name": r.name, "method": r.method, "seed": r.seed, **r.metrics} for r in rs]
+    summary = {"split": preset.split, "runs": rows, "zero_shot": rs[0].zero_shot if rs else None}
+    write_json(work / "single.json", summary)
+    from coto_tools.reproduce.figures import save, single_figure
+
+    zs = (summary["zero_shot"] or {}).get("accuracy")
+    save(single_figure(rows, zs), work / "single.png")
+    counters["stages_run"] += 1
+    return stage.commit({"figures": ["single.png"], "summary": "single.json"})
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceResult:
+    """Run (or resume) a reproduction in ``config.out``; see the module docstring."""
+    import torch
+
+    t0 = time.perf_counter()
+    preset = config.preset()
+    out = config.out
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / META_FILE
+    meta: dict[str, Any] = read_json(meta_path) if meta_path.is_file() else {}
+    if meta and (meta.get("task"), meta.get("quick")) != (config.task, config.quick):
+        raise OptionError(
+            f"{out}: holds a reproduction of task {meta.get('task')} (quick={meta.get('quick')}); "
+            "use another --out"
+        )
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    meta |= {
+        "format": META_FORMAT,
+        "task": config.task,
+        "quick": config.quick,
+        "out": str(out),
+        "command": command_line(config, preset),
+        "preset": preset.as_dict(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": _loadavg(),
+    }
+    write_json(meta_path, meta)
+    counters = {"trained": 0, "evaluations": 0, "stages_run": 0, "stages_skipped": 0}
+    say(f"{config.task}: {preset.name} preset, {preset.seeds} seed(s) -> {out}", progress=progress)
+    kw: dict[str, Any] = {"progress": progress, "counters": counters}
+    runs = train_stage(config, preset, **kw)
+    for stage_fn in (single_stage, merge_stage, cross_stage, prune_stage, shapley_stage, lmc_stage):
+        stage_fn(config, preset, runs, **kw)
+    wall = time.perf_counter() - t0
+    meta |= {
+        "wall_time_s": round(wall, 2),
+        "loadavg_end": _loadavg(),
+        "invocations": [
+            *meta.get("invocations", []),
+            {
+                "started": started,
+                "wall_time_s": round(wall, 2),
+                "loadavg_start": meta["loadavg_start"],
+                "loadavg_end": _loadavg(),
+                **counters,
+            },
+        ],
+    }
+    write_json(meta_path, meta)
+    report = build_report(out)
+    claims = read_json(out / "claims.json")["runs"][0]["claims"]
+    say(f"report: {report}", progress=progress)
+    return ReproduceResult(
+        out=out,
+        report=report,
+        claims=claims,
+        trained=counters["trained"],
+        evaluations=counters["evaluations"],
+        stages_run=counters["stages_run"],
+        stages_skipped=counters["stages_skipped"],
+        wall_time_s=wall,
+        counters=dict(counters),
+    )
