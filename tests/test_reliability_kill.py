@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-WRITE_S = 0.6  # how long the slowed-down writer takes for one safetensors file
+WRITE_S = 0.4  # how long the slowed-down writer takes for one safetensors file
 CHUNKS = 20
 
 
@@ -57,6 +57,19 @@ def _slow_writes(started: int) -> None:
                 time.sleep(WRITE_S / CHUNKS)
 
     st.save_file = save_file
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm() -> None:
+    """Import (and build the tiny model) once here, so that no forked child pays for it."""
+    import coto_tools.merge  # noqa: F401
+    import coto_tools.prune.outputs  # noqa: F401
+    import coto_tools.train.loop  # noqa: F401
+    from coto_tools.cli._app import load_commands
+    from coto_tools.tasks import get_task
+
+    load_commands()
+    get_task("tiny").build_model()
 
 
 @dataclass
@@ -141,9 +154,9 @@ def kill_campaign(
         out = tmp / f"kill{k}" / out_name
         out.parent.mkdir()
         from_write = k % 2 == 1
-        # from the start of work: anywhere in the run (and a little past its end);
+        # from the start of work: anywhere in the run (or past its end: then the child completes);
         # from the start of the first write: inside the (slowed) write
-        delay = rng.uniform(0, done.seconds * 1.1) if not from_write else rng.uniform(0, WRITE_S)
+        delay = rng.uniform(0, done.seconds * 1.5) if not from_write else rng.uniform(0, WRITE_S)
         outcome = run_child(argv(out), delay=delay, from_write=from_write)
         if outcome.killed:
             counts["killed"] += 1
@@ -193,7 +206,8 @@ def test_merge_killed_leaves_no_partial_output(tmp_path: Path) -> None:
     save_adapter(_adapter(2, 16, 256, 8), b)
 
     def argv(out: Path) -> list[str]:
-        return ["merge", str(a), str(b), "--method", "cat", "--weights", "0.7,-0.2", "--out", str(out)]
+        return ["merge", str(a), str(b), "--method", "cat", "--weights", "0.7,-0.2",
+                "--out", str(out)]  # fmt: skip
 
     def complete(out: Path, ref: Path) -> None:
         _same_adapter(load_adapter(out), load_adapter(ref))
@@ -234,3 +248,28 @@ def test_write_pruned_killed_leaves_no_partial_output(tmp_path: Path) -> None:
 
     counts = kill_campaign(tmp_path, argv, "pruned", complete, seed=10)
     print("prune --write-pruned", counts, file=sys.stderr)
+
+
+def test_stale_temp_siblings_of_dead_runs_are_removed(tmp_path: Path) -> None:
+    from coto_tools.adapters.atomic import atomic_write_text, remove_stale_temps
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # ``pid`` is now a process that no longer exists
+    out = tmp_path / "out.txt"
+    dead_file = tmp_path / f".out.txt.tmp-{pid}-abc"
+    dead_dir = tmp_path / f".out.txt.tmp-{pid}-def"
+    live = tmp_path / f".out.txt.tmp-{os.getppid()}-ghi"  # our parent is alive
+    legacy = tmp_path / ".out.txt.tmp-xyz"  # no pid in the name: unknown owner, kept
+    other = tmp_path / f".other.txt.tmp-{pid}-abc"  # another output's temp: not ours to touch
+    dead_file.write_text("partial")
+    dead_dir.mkdir()
+    (dead_dir / "adapter_model.safetensors").write_bytes(b"partial")
+    for p in (live, legacy, other):
+        p.write_text("x")
+    atomic_write_text(out, "done")
+    assert out.read_text() == "done"
+    assert not dead_file.exists() and not dead_dir.exists()
+    assert live.exists() and legacy.exists() and other.exists()
+    assert remove_stale_temps(out) == []

@@ -200,6 +200,7 @@ def lmc_stage(
         reason = "needs at least 2 seeds per method"
         say(f"lmc: skipped ({reason})", progress=progress)
         write_json(work / "lmc_summary.json", {"skipped": reason})
+        counters["stages_run"] += 1
         return stage.commit({"skipped": reason, "summary": "lmc_summary.json"})
     say(
         f"lmc: {len(pairs)} seed pairs, {preset.lmc_points} points, delta and factor space, "

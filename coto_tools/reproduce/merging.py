@@ -225,6 +225,7 @@ def cross_stage(
     if preset.cross_tasks is None:
         say(f"cross: skipped ({preset.cross_skip_reason})", progress=progress)
         write_json(work / "cross.json", {"skipped": preset.cross_skip_reason})
+        counters["stages_run"] += 1
         return stage.commit({"skipped": preset.cross_skip_reason, "summary": "cross.json"})
     plan = cross_plan(runs, preset.cross_seeds)
     say(f"cross: {len(plan)} cross-task merges, each evaluated on both tasks", progress=progress)

@@ -86,17 +86,40 @@ def _sections(
         f"lr {preset.get('lr')}, rank {preset.get('rank')}, alpha {preset.get('alpha')}, task "
         f"options {preset.get('task_variant')}. Accuracies on the {preset.get('split')} split; "
         f"Shapley and LMC on the {preset.get('analysis_split')} split.",
-        f"Wall time {_f(meta.get('wall_time_s'), 1)} s (this invocation; stages reused from "
-        f"earlier runs cost nothing); load average at start {meta.get('loadavg_start')}, at end "
-        f"{meta.get('loadavg_end')}; {meta.get('cpus')} CPU(s), torch threads "
-        f"{meta.get('torch_threads')}.",
+        f"Machine: {meta.get('cpus')} CPU(s). Each "
+        "invocation below reused what earlier ones finished (a rerun trains and evaluates "
+        "nothing that is done).",
     ]
     times = [
         [st, _f(done[st].get("wall_time_s"), 1), done[st].get("finished", "")]
         for st in STAGES
         if st in done
     ]
-    secs.append(("Overview", paras, [[["stage", "wall time (s)", "finished"], *times]], []))
+    inv = [
+        [
+            "started",
+            "wall time (s)",
+            "load average at start",
+            "at end",
+            "trained",
+            "stages run",
+            "stages reused",
+        ]
+    ]
+    for i in meta.get("invocations", []):
+        inv.append(
+            [
+                i["started"],
+                _f(i["wall_time_s"], 1),
+                str(i.get("loadavg_start")),
+                str(i.get("loadavg_end")),
+                str(i["trained"]),
+                str(i["stages_run"]),
+                str(i["stages_skipped"]),
+            ]
+        )
+    stages = [["stage", "wall time (s)", "finished"], *times]
+    secs.append(("Overview", paras, [inv, stages], []))
     secs.append(
         (
             "Claims",
