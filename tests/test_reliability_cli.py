@@ -14,7 +14,10 @@ Also here: pickle inputs to ``merge`` (refused without ``--allow-pickle``; with 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +243,8 @@ CASES = [
       "--shapley {r}/shapley.csv --out {r}/w", "shapley.csv", "not-a-module"),
     C("prune-shapley-mismatch", "prune {r}/r1 --strategies shapley-top:0.5 --shapley "
       "{r}/shapley.csv --quiet --out {r}/p", "shapley.csv", "not-a-module"),
+    C("prune-pickle", "prune {r}/pickled.bin --task tiny --quiet --out {r}/p", "pickled.bin",
+      "--allow-pickle"),
     C("prune-data-empty", f"prune {{r}}/nocoto {DATA} {{r}}/empty.jsonl --quiet --out {{r}}/p",
       "empty.jsonl", "no rows", needs=("prune", "--data")),
     C("prune-data-malformed", f"prune {{r}}/nocoto {DATA} {{r}}/bad.jsonl --quiet --out {{r}}/p",
@@ -261,6 +266,8 @@ CASES = [
     C("lmc-output-exists", "lmc {r}/r1 {r}/r2 --quiet --out {r}/lmc_out", "lmc.csv", "exist",
       "--force"),
     C("lmc-grid-one", "lmc {r}/r1 {r}/r2 {r}/r3 --plane --grid 1 --quiet --out {r}/l", "grid"),
+    C("lmc-pickle", "lmc {r}/r1 {r}/bindir --task tiny --quiet --out {r}/l", "adapter_model.bin",
+      "--allow-pickle"),
     C("lmc-data-empty", f"lmc {{r}}/nocoto {{r}}/r2 {DATA} {{r}}/empty.jsonl --quiet --out {{r}}/l",
       "empty.jsonl", "no rows", needs=("lmc", "--data")),
     C("lmc-data-no-text-column", f"lmc {{r}}/nocoto {{r}}/r2 {DATA} {{r}}/notext.csv --quiet "
@@ -285,6 +292,8 @@ CASES = [
     C("shapley-tol-above-one", "shapley {r}/r1 --tol 2 --quiet --out {r}/s", "--tol", "2"),
     C("shapley-threads-negative", "shapley {r}/r1 --threads -1 --quiet --out {r}/s",
       "--threads", "-1"),
+    C("shapley-pickle", "shapley {r}/pickled.bin --task tiny --quiet --out {r}/s", "pickled.bin",
+      "--allow-pickle"),
     C("shapley-data-empty", f"shapley {{r}}/nocoto {DATA} {{r}}/empty.jsonl --quiet --out {{r}}/s",
       "empty.jsonl", "no rows", needs=("shapley", "--data")),
     C("shapley-data-labels-mixed", f"shapley {{r}}/nocoto {DATA} {{r}}/mixed.jsonl --quiet "
@@ -369,6 +378,22 @@ def test_bad_input_is_refused_cleanly(
     for needle in case.needles:
         assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
     assert _listing(root) == before, "something was written"
+
+
+def test_console_script_gives_the_same_one_line(template: Path, tmp_path: Path) -> None:
+    """One case through a real ``python -m coto_tools`` process (import-time warnings included)."""
+    root = tmp_path / "in"
+    shutil.copytree(template, root)
+    before = _listing(root)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "coto_tools", "prune", str(root / "nocoto"), "--out",
+            str(root / "p"), "--quiet"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"coto-tools: error: {root / 'nocoto'}: no coto.json naming its task; pass --task"
+    ]
+    assert _listing(root) == before
 
 
 def test_corpus_size() -> None:

@@ -39,6 +39,7 @@ pytestmark = [
 
 WRITE_S = 0.4  # how long the slowed-down writer takes for one safetensors file
 CHUNKS = 20
+CHILD_TIMEOUT_S = 120
 
 
 def _slow_writes(started: int) -> None:
@@ -90,6 +91,7 @@ def run_child(argv: list[str], *, delay: float | None, from_write: bool = False)
         try:
             os.close(ready_r)
             os.close(write_r)
+            torch.set_num_threads(1)  # no OpenMP pool in a forked child
             _slow_writes(write_w)
             os.write(ready_w, b"r")
             try:
@@ -109,7 +111,16 @@ def run_child(argv: list[str], *, delay: float | None, from_write: bool = False)
                 os.read(write_r, 1)  # b"" if the child ended without writing
             time.sleep(delay)
             os.kill(pid, signal.SIGKILL)  # a finished child is a zombie: the kill is a no-op
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"coto-tools {' '.join(argv)} did not finish in {CHILD_TIMEOUT_S} s")
+            time.sleep(0.01)
     finally:
         os.close(ready_r)
         os.close(write_r)

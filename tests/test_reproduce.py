@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from html import escape as html_escape
 import shlex
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -196,3 +196,22 @@ def test_config_checks() -> None:
     p = ReproduceConfig(out=Path("x"), task="bbc-topic", quick=True).preset()
     assert (p.seeds, p.split, p.cross_tasks is not None) == (2, "quick", True)
     assert ReproduceConfig(out=Path("x"), task="tiny").preset().cross_tasks is None
+
+
+def test_merge_command_gives_the_reported_accuracy(
+    quick_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report's ``coto-tools merge ... --eval`` line rebuilds a merge and its accuracy."""
+    md = (quick_dir / "report.md").read_text()
+    name = "lora-1to1-s0-1-factor"
+    line = next(x for x in md.splitlines() if x.startswith("coto-tools merge ") and name in x)
+    args = shlex.split(line)[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "merged")
+    capsys.readouterr()
+    main(args)
+    printed = capsys.readouterr().out
+    got = re.search(r"eval merged: accuracy ([0-9.]+)", printed)
+    assert got is not None, printed
+    rows = json.loads((quick_dir / "merge/merge.json").read_text())["merges"]
+    want = next(r for r in rows if r["name"] == name)["accuracy"]
+    assert got.group(1) == f"{want:.4f}"

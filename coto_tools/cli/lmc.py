@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 
 from coto_tools.cli._app import app
+from coto_tools.cli.shapley import EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.lmc.run import LmcConfig, Mode, run_lmc, write_outputs
 from coto_tools.lmc.space import SpaceChoice
+from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind
 from coto_tools.tasks import options as user_opts
 
 _D = LmcConfig(groups=((Path("a"), Path("b")),))  # the library's defaults, shown in --help
@@ -85,6 +87,9 @@ def lmc_cmd(
     batch_size: int = user_opts.BATCH_SIZE,
     limit: int | None = user_opts.LIMIT,
     task_plugin: str | None = user_opts.TASK_PLUGIN,
+    executor: ExecutorKind = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Evaluate the model along the line between adapters A (a=0) and B (a=1).
 
@@ -95,6 +100,7 @@ def lmc_cmd(
     accuracy barrier: max_a ((1-a) Acc_A + a Acc_B) - Acc(a) (Entezari et al., arXiv 2110.06296).
     """
     positional, pairs = parse_checkpoint_args(list(ctx.args))
+    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
     if from_zero and plane:
         raise OptionError("--from-zero and --plane cannot be combined")
     if plane and space not in (None, SpaceChoice.delta):
@@ -132,7 +138,7 @@ def lmc_cmd(
         out=out,
         force=force,
     )
-    run = run_lmc(config, progress=not quiet)
+    run = run_lmc(config, progress=not quiet, executor=run_on)
     paths = write_outputs(run)
     for res in run.results:
         for sp, bars in res.barriers().items():

@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 
 from coto_tools.cli._app import app
+from coto_tools.cli.shapley import EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.prune.run import PruneConfig
+from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind
 from coto_tools.tasks import options as user_opts
 
 _D = PruneConfig(checkpoints=(Path("a"),))  # the library's defaults, shown in --help
@@ -75,10 +77,14 @@ def prune_cmd(
     batch_size: int = user_opts.BATCH_SIZE,
     limit: int | None = user_opts.LIMIT,
     task_plugin: str | None = user_opts.TASK_PLUGIN,
+    executor: ExecutorKind = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Evaluate pruning strategies, fraction sweeps and rank truncation; write prune.csv,
     prune_curves.csv, prune_auc.csv, prune_strategies.png, prune_curves.png, prune_report.md."""
     seed_list = _ints(seeds, "--seeds") or ()
+    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
     if write_pruned is not None:
         from coto_tools.prune.outputs import write_pruned as write
 
@@ -123,6 +129,6 @@ def prune_cmd(
         force=force,
     )
     check_outputs(config)
-    result = run_prune(config, progress=not quiet)
+    result = run_prune(config, progress=not quiet, executor=run_on)
     paths = write_outputs(result)
     typer.echo(f"{config.out_dir()}: wrote {', '.join(p.name for p in paths)}")

@@ -10,11 +10,28 @@ import typer
 from coto_tools.adapters.players import Grouping
 from coto_tools.cli._app import app
 from coto_tools.errors import OptionError
+from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind
 from coto_tools.shapley.registry import Estimator
 from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, Split
 from coto_tools.tasks import options as user_opts
 
 _D = ShapleyConfig()  # the library's defaults, shown in --help
+
+# -- where evaluations run (issue 11); shared by shapley, prune and lmc --
+EXECUTOR = typer.Option(
+    ExecutorKind.local,
+    "--executor",
+    help="local: this process; ray: a pool of Ray actors, one model replica each (pip install "
+    "'coto-tools[ray]'). Same numbers either way.",
+)
+RAY_ADDRESS = typer.Option(
+    None,
+    "--ray-address",
+    help="Ray cluster address (auto: the cluster this node joined; default: start a local Ray).",
+)
+WORKERS = typer.Option(
+    None, "--workers", help="Ray actors (default: one per GPU, else one per CPU)."
+)
 
 
 @app.command("shapley")
@@ -72,6 +89,9 @@ def shapley_cmd(
     batch_size: int = user_opts.BATCH_SIZE,
     limit: int | None = user_opts.LIMIT,
     task_plugin: str | None = user_opts.TASK_PLUGIN,
+    executor: ExecutorKind = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Shapley values of adapters: v(S) = task metric with only the adapters of players S on.
 
@@ -103,12 +123,13 @@ def shapley_cmd(
         out=None if several else out,
         force=force,
     )
+    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
     if threads:
         torch.set_num_threads(threads)
     if several:
-        runs = shapley_runs(checkpoints, config, progress=not quiet)
+        runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
     else:
-        runs = [shapley_run(checkpoints[0], config, progress=not quiet)]
+        runs = [shapley_run(checkpoints[0], config, progress=not quiet, executor=run_on)]
     for r in runs:
         p, s = r.primary, r.summary
         typer.echo(

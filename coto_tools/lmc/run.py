@@ -23,6 +23,7 @@ from coto_tools.lmc.grid import from_zero_positions, path_positions, plane_posit
 from coto_tools.lmc.paths import BASE_NAME, lmc_from_zero, lmc_path, lmc_plane
 from coto_tools.lmc.result import CSV_METRICS, LmcResult, PlaneResult
 from coto_tools.lmc.space import Space, SpaceChoice, check_compatible
+from coto_tools.runtime.executor import ExecutorConfig
 from coto_tools.tasks.base import Task
 
 LMC_FORMAT = "coto-tools/lmc"
@@ -232,8 +233,14 @@ def check_outputs(config: LmcConfig) -> None:
         raise OutputExistsError(f"{out}: {', '.join(existing)} exist(s); pass --force to overwrite")
 
 
-def run_lmc(config: LmcConfig, *, progress: bool = False) -> LmcRun:
-    """Load, validate (tasks, shapes, ranks, outputs), then evaluate every curve on one model."""
+def run_lmc(
+    config: LmcConfig, *, progress: bool = False, executor: ExecutorConfig | None = None
+) -> LmcRun:
+    """Load, validate (tasks, shapes, ranks, outputs), then evaluate every curve on one model.
+
+    ``executor`` (not local): points are evaluated on a Ray cluster; every point is listed
+    first (a dry run), evaluated in one parallel batch, then traced from the caches."""
+    remote = executor is not None and not executor.is_local
     check_outputs(config)
     loaded = load_checkpoints(config)
     by_path = {c.path: c for c in loaded}
@@ -244,19 +251,36 @@ def run_lmc(config: LmcConfig, *, progress: bool = False) -> LmcRun:
     labels = _labels(config, by_path)
     if config.mode is Mode.plane:
         trio = [by_path[p] for p in config.groups[0]]
-        plane = lmc_plane(
-            task,
-            [c.adapter for c in trio],
-            grid=config.grid,
-            margin=config.margin,
-            split=config.split,
-            names=labels,
-            progress=progress,
-        )
+        ads = [c.adapter for c in trio]
+        kw: dict[str, Any] = dict(grid=config.grid, margin=config.margin, split=config.split)
+        plane_ev = None
+        if remote:
+            from coto_tools.runtime.ray_executor import PointRecorder
+
+            rec = PointRecorder()
+            lmc_plane(task, ads, names=labels, evaluator=rec, **kw)  # type: ignore[arg-type]
+            plane_ev = _remote_points(
+                config, loaded, task, dict(zip(labels, ads, strict=True)), executor
+            )
+            plane_ev.prefetch(rec.points)
+        try:
+            plane = lmc_plane(task, ads, names=labels, progress=progress, evaluator=plane_ev, **kw)
+        finally:
+            if plane_ev is not None:
+                plane_ev.close()
         return _finish(config, task, loaded, (), plane, len(plane.metrics))
-    ev = PointEvaluator(task, {c.name: c.adapter for c in loaded}, split=config.split)
+    adapters = {c.name: c.adapter for c in loaded}
+    if remote:
+        from coto_tools.runtime.ray_executor import PointRecorder
+
+        rec = PointRecorder()
+        _trace_groups(config, by_path, labels, task, rec, None)  # type: ignore[arg-type]
+        ev = _remote_points(config, loaded, task, adapters, executor)
+        ev.prefetch(rec.points)
+    else:
+        ev = PointEvaluator(task, adapters, split=config.split)
+    results: list[LmcResult]
     spaces = config.spaces
-    results: list[LmcResult] = []
     if config.mode is Mode.from_zero:
         per = len(from_zero_positions(config.points, config.max_scale))
     else:
@@ -264,36 +288,71 @@ def run_lmc(config: LmcConfig, *, progress: bool = False) -> LmcRun:
     total = per * len(spaces) * len(config.groups)
     try:
         with tqdm(total=total, desc="lmc", unit="pt", disable=not progress) as bar:
-            for g, label in zip(config.groups, labels, strict=True):
-                cs = [by_path[p] for p in g]
-                if config.mode is Mode.from_zero:
-                    res = lmc_from_zero(
-                        task,
-                        cs[0].adapter,
-                        points=config.points,
-                        max_scale=config.max_scale,
-                        space=SpaceChoice(config.space),
-                        name=cs[0].name,
-                        label=label,
-                        progress=bar,
-                        evaluator=ev,
-                    )
-                else:
-                    res = lmc_path(
-                        task,
-                        cs[0].adapter,
-                        cs[1].adapter,
-                        points=config.points,
-                        space=SpaceChoice(config.space),
-                        names=(cs[0].name, cs[1].name),
-                        label=label,
-                        progress=bar,
-                        evaluator=ev,
-                    )
-                results.append(res)
+            results = _trace_groups(config, by_path, labels, task, ev, bar)
     finally:
         ev.close()
     return _finish(config, task, loaded, tuple(results), None, ev.evaluations)
+
+
+def _trace_groups(
+    config: LmcConfig,
+    by_path: dict[Path, Loaded],
+    labels: Sequence[str],
+    task: Task,
+    ev: PointEvaluator,
+    bar: Any,
+) -> list[LmcResult]:
+    results: list[LmcResult] = []
+    for g, label in zip(config.groups, labels, strict=True):
+        cs = [by_path[p] for p in g]
+        if config.mode is Mode.from_zero:
+            res = lmc_from_zero(
+                task,
+                cs[0].adapter,
+                points=config.points,
+                max_scale=config.max_scale,
+                space=SpaceChoice(config.space),
+                name=cs[0].name,
+                label=label,
+                progress=bar if bar is not None else False,
+                evaluator=ev,
+            )
+        else:
+            res = lmc_path(
+                task,
+                cs[0].adapter,
+                cs[1].adapter,
+                points=config.points,
+                space=SpaceChoice(config.space),
+                names=(cs[0].name, cs[1].name),
+                label=label,
+                progress=bar if bar is not None else False,
+                evaluator=ev,
+            )
+        results.append(res)
+    return results
+
+
+def _remote_points(
+    config: LmcConfig,
+    loaded: Sequence[Loaded],
+    task: Task,
+    adapters: dict[str, LoraAdapter],
+    executor: Any,
+) -> Any:
+    """A :class:`~coto_tools.runtime.ray_executor.RayPointEvaluator` of ``adapters`` (by value)
+    on the task :func:`resolve_task` chose (as a spec string the workers rebuild)."""
+    from coto_tools.runtime.executor import EvaluatorSpec
+    from coto_tools.runtime.ray_executor import RayPointEvaluator
+    from coto_tools.tasks import task_spec
+
+    if config.task is not None:
+        name = config.task
+    else:
+        rec = loaded[0].record or {}
+        name = task_spec(str(rec["task"]), dict(rec.get("task_variant") or {}))
+    spec = EvaluatorSpec(name, tuple(adapters.items()), split=config.split)
+    return RayPointEvaluator(task, adapters, spec=spec, executor=executor)
 
 
 def _finish(

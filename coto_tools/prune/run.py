@@ -37,6 +37,7 @@ from coto_tools.prune.sweeps import (
     fraction_sweep,
     removal_order,
 )
+from coto_tools.runtime.executor import ExecutorConfig
 from coto_tools.tasks.base import METRIC_NAMES, Metrics, Task
 
 RUN_FILE = "coto.json"
@@ -212,6 +213,17 @@ def resolve_task(name: str | None, path: Path, rec: Mapping[str, Any] | None) ->
     return get_task(str(rec["task"]), **dict(rec.get("task_variant") or {}))
 
 
+def resolve_task_spec(name: str | None, path: Path, rec: Mapping[str, Any] | None) -> str:
+    """The task of :func:`resolve_task` as a spec string (what remote workers rebuild)."""
+    from coto_tools.tasks import task_spec
+
+    if name is not None:
+        return name
+    if rec is None or "task" not in rec:
+        raise TaskError(f"{path}: no {RUN_FILE} naming its task; pass --task")
+    return task_spec(str(rec["task"]), dict(rec.get("task_variant") or {}))
+
+
 def default_evaluator(task: Task, adapters: Mapping[str, LoraAdapter], split: str) -> GateEvaluator:
     """One :class:`~coto_tools.runtime.evaluator.Evaluator` holding every branch."""
     from coto_tools.runtime.evaluator import Evaluator
@@ -230,8 +242,13 @@ def prune_checkpoint(
     *,
     factory: EvaluatorFactory = default_evaluator,
     progress: bool = False,
+    executor: ExecutorConfig | None = None,
 ) -> CheckpointResult:
-    """Strategies, sweeps and the rank sweep of ``config.checkpoints[index]``."""
+    """Strategies, sweeps and the rank sweep of ``config.checkpoints[index]``.
+
+    ``executor`` (not local): the evaluations run on a Ray cluster instead of ``factory``'s
+    evaluator; every configuration is listed first (a dry run) and evaluated in one parallel
+    batch, then the run reads them from the driver's cache (same numbers as local)."""
     path = config.checkpoints[index]
     rec = read_record(path)
     label = config.labels[index] if config.labels else str((rec or {}).get("method", "adapter"))
@@ -271,30 +288,49 @@ def prune_checkpoint(
     if config.rank_sweep:
         grid = rank_grid(max(m.rank for m in adapter.modules.values()), config.ranks)
         branches.update({f"rank{r}": rank_truncation(adapter, r) for r in grid})
-    ev = factory(task, branches, config.split)
-    bar = tqdm(total=2 + len(plan) + len(orders) + len(grid), desc=path.name, disable=not progress)
-    full = ev.value(_gates(names, names))
-    empty = ev.value(_gates(names, ()))
-    bar.update(2)
-    results = []
-    for s in plan:
-        kept = select_strategy(names, s, shapley=shapley, norms=norms)
-        results.append(StrategyResult(s, tuple(kept), ev.value(_gates(names, kept))))
-        bar.update(1)
-    curves = []
-    for order, seed in orders:
-        ordering = removal_order(names, order, shapley=shapley, norms=norms, seed=seed or 0)
-        name = order.value if seed is None else f"random/seed{seed}"
-        curves.append(fraction_sweep(ev, ordering, config.steps, name=name, seed=seed))
-        bar.update(1)
-    rank_metrics = []
-    for r in grid:  # the truncated copy alone: its branches on, the original's off
-        rank_metrics.append(ev.value({(f"rank{r}", m): 1.0 for m in names}))
-        bar.update(1)
-    bar.close()
-    close = getattr(ev, "close", None)
-    if callable(close):
-        close()
+
+    def measure(ev: GateEvaluator, bar: Any) -> tuple[Any, ...]:
+        full = ev.value(_gates(names, names))
+        empty = ev.value(_gates(names, ()))
+        bar.update(2)
+        results = []
+        for s in plan:
+            kept = select_strategy(names, s, shapley=shapley, norms=norms)
+            results.append(StrategyResult(s, tuple(kept), ev.value(_gates(names, kept))))
+            bar.update(1)
+        curves = []
+        for order, seed in orders:
+            ordering = removal_order(names, order, shapley=shapley, norms=norms, seed=seed or 0)
+            name = order.value if seed is None else f"random/seed{seed}"
+            curves.append(fraction_sweep(ev, ordering, config.steps, name=name, seed=seed))
+            bar.update(1)
+        rank_metrics = []
+        for r in grid:  # the truncated copy alone: its branches on, the original's off
+            rank_metrics.append(ev.value({(f"rank{r}", m): 1.0 for m in names}))
+            bar.update(1)
+        return full, empty, results, curves, rank_metrics
+
+    total = 2 + len(plan) + len(orders) + len(grid)
+    if executor is None or executor.is_local:
+        ev = factory(task, branches, config.split)
+    else:
+        from coto_tools.runtime.executor import EvaluatorSpec, Recorder, make_evaluator
+
+        spec = EvaluatorSpec(
+            resolve_task_spec(config.task, path, rec), tuple(branches.items()), split=config.split
+        )
+        recorder = Recorder()
+        measure(recorder, tqdm(total=total, disable=True))  # list every configuration
+        ev = make_evaluator(spec, executor)
+        ev.value_batch(recorder.configs)  # all at once, spread over the workers
+    bar = tqdm(total=total, desc=path.name, disable=not progress)
+    try:
+        full, empty, results, curves, rank_metrics = measure(ev, bar)
+    finally:
+        bar.close()
+        close = getattr(ev, "close", None)
+        if callable(close):
+            close()
     rank = RankCurve(tuple(grid), tuple(rank_metrics)) if config.rank_sweep else None
     return CheckpointResult(
         path=str(path),
@@ -315,13 +351,14 @@ def run_prune(
     *,
     factory: EvaluatorFactory = default_evaluator,
     progress: bool = False,
+    executor: ExecutorConfig | None = None,
 ) -> PruneResult:
     """Every checkpoint of ``config`` (see :func:`prune_checkpoint`); checks inputs first."""
     missing = [str(p) for p in config.checkpoints if not p.exists()]
     if missing:
         raise CheckpointError(f"no such checkpoint(s): {', '.join(missing)}")
     out = [
-        prune_checkpoint(config, i, factory=factory, progress=progress)
+        prune_checkpoint(config, i, factory=factory, progress=progress, executor=executor)
         for i in range(len(config.checkpoints))
     ]
     tasks = sorted({c.task for c in out})

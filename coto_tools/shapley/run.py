@@ -26,6 +26,7 @@ from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Grouping, Players, make_players
 from coto_tools.errors import CheckpointError, OptionError, TaskError
+from coto_tools.runtime.executor import ExecutorConfig
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.game_adapter import AdapterGame, game_fingerprint, weights_hash
 from coto_tools.shapley.log import EvaluationLog
@@ -190,10 +191,14 @@ def shapley_run(
     *,
     progress: bool = False,
     model: Any = None,
+    executor: ExecutorConfig | None = None,
 ) -> ShapleyRunResult:
     """Estimate the Shapley values of ``checkpoint``'s adapters and write the outputs.
 
     ``model``: a base model of the task to reuse (default: the task builds one).
+    ``executor``: where coalitions are evaluated (default local; see
+    :mod:`coto_tools.runtime.executor`); sampling and the log stay here, so the numbers are the
+    local run's.
     """
     from coto_tools.runtime.evaluator import Evaluator
 
@@ -213,13 +218,26 @@ def shapley_run(
     if config.force and log_path.exists():
         log_path.unlink()
     n = len(prep.players)
-    evaluator = Evaluator(
-        prep.task,
-        prep.adapter,
-        split=config.split.value,
-        batch_size=config.eval_batch_size,
-        model=model,
-    )
+    evaluator: Any
+    if executor is None or executor.is_local:
+        evaluator = Evaluator(
+            prep.task,
+            prep.adapter,
+            split=config.split.value,
+            batch_size=config.eval_batch_size,
+            model=model,
+        )
+    else:  # the adapter is shipped by value: workers need not see the checkpoint
+        from coto_tools.runtime.executor import EvaluatorSpec, make_evaluator
+        from coto_tools.tasks import task_spec
+
+        spec = EvaluatorSpec(
+            task_spec(prep.task_name, prep.task_variant),
+            (("default", prep.adapter),),
+            split=config.split.value,
+            batch_size=config.eval_batch_size,
+        )
+        evaluator = make_evaluator(spec, executor)
     try:
         game = AdapterGame(evaluator, prep.players, metrics=metrics)
         with EvaluationLog(log_path, fingerprint, n) as log:
@@ -276,7 +294,11 @@ def shapley_run(
 
 
 def shapley_runs(
-    checkpoints: Sequence[str | Path], config: ShapleyConfig, *, progress: bool = False
+    checkpoints: Sequence[str | Path],
+    config: ShapleyConfig,
+    *,
+    progress: bool = False,
+    executor: ExecutorConfig | None = None,
 ) -> list[ShapleyRunResult]:
     """Run several checkpoints (each into its own ``<checkpoint>/shapley``); every checkpoint is
     checked before the first one runs. ``config.out`` must be ``None`` here."""
@@ -286,4 +308,4 @@ def shapley_runs(
     outs = [p.out.resolve() for p in prepared]
     if len(set(outs)) != len(outs):
         raise OptionError("two checkpoints would write to the same output directory")
-    return [shapley_run(p, config, progress=progress) for p in prepared]
+    return [shapley_run(p, config, progress=progress, executor=executor) for p in prepared]

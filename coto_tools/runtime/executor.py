@@ -1,0 +1,198 @@
+"""Where configurations are evaluated: in this process (``local``) or on a Ray cluster (``ray``).
+
+An analysis (Shapley, pruning, LMC) samples configurations in the driver and asks an evaluator
+for their metrics. :func:`make_evaluator` builds that evaluator from an :class:`EvaluatorSpec`
+(everything needed to rebuild it elsewhere: a task spec string, the adapters by path or by
+value, the split, the batch size) and an :class:`ExecutorConfig`:
+
+- ``local``: a plain :class:`~coto_tools.runtime.evaluator.Evaluator` (today's behaviour);
+- ``ray``: a :class:`~coto_tools.runtime.ray_executor.RayEvaluator` with the same public interface
+  (``value``, ``value_batch``, ``value_mask``, ``key``, ``n_forward``, ``close``) that keeps the
+  cache in the driver and sends uncached configurations to a pool of Ray actors, each holding one
+  model replica. Sampling stays in the driver, so a run equals the local run with the same seed.
+
+:class:`Recorder` lists the configurations a deterministic piece of analysis code would ask for
+(it answers every ``value`` with a placeholder), so that a driver can hand them to
+``value_batch`` at once (evaluated in parallel) and then run the code for real on cache hits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from coto_tools.adapters.lora import LoraAdapter
+from coto_tools.errors import CotoError, OptionError
+from coto_tools.tasks.base import SPLITS, Metrics
+
+if TYPE_CHECKING:
+    from coto_tools.runtime.evaluator import Config, Evaluator
+
+AdapterSource = LoraAdapter | str  # an adapter by value, or a checkpoint path workers can read
+
+
+class ExecutorError(CotoError):
+    """The executor failed (Ray missing or unreachable, workers dying again and again)."""
+
+
+class ExecutorKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """``kind``: local or ray; ``address``: the Ray cluster (``auto``, ``ray://host:10001``,
+    ``host:6379``; ``None`` starts a local Ray instance); ``workers``: actors (model replicas;
+    ``None``: one per GPU of the cluster, else one per CPU, at most 64); ``gpus_per_worker``:
+    ``None`` = 1 when the cluster has GPUs, else 0; ``cpus_per_worker``: CPUs reserved (and torch
+    threads) per actor; ``max_retries``: resubmissions of one chunk after its worker died."""
+
+    kind: ExecutorKind = ExecutorKind.local
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: int = 1
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", ExecutorKind(self.kind))
+        except ValueError:
+            allowed = ", ".join(k.value for k in ExecutorKind)
+            raise OptionError(f"unknown --executor {self.kind!r}; allowed: {allowed}") from None
+        if self.workers is not None and self.workers < 1:
+            raise OptionError(f"--workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise OptionError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.cpus_per_worker < 1:
+            raise OptionError(f"cpus_per_worker must be >= 1, got {self.cpus_per_worker}")
+        if self.max_retries < 0:
+            raise OptionError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.kind is ExecutorKind.local and (self.address is not None or self.workers):
+            raise OptionError("--ray-address and --workers need --executor ray")
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind is ExecutorKind.local
+
+
+LOCAL = ExecutorConfig()
+
+
+def executor_from_cli(kind: str, address: str | None, workers: int | None) -> ExecutorConfig:
+    """The CLI's ``--executor/--ray-address/--workers`` as a config (validated)."""
+    return ExecutorConfig(kind=kind, address=address, workers=workers)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """What a worker needs to build its own :class:`Evaluator` (all picklable).
+
+    ``task``: a task spec string (``NAME`` or ``NAME:{JSON}``, see
+    :func:`coto_tools.tasks.task_spec`); it must build the same task (same data, same base model
+    weights) on every machine. ``adapters``: ``(branch name, adapter)`` pairs, each adapter a
+    :class:`LoraAdapter` (shipped by value through the object store) or a checkpoint path (read
+    by each worker: it must exist there). ``evaluator_options``: extra keyword options of
+    :class:`Evaluator` (``reuse_prefix``, ``prefix_cache_mb``, ``text_chunk``)."""
+
+    task: str
+    adapters: tuple[tuple[str, AdapterSource], ...]
+    split: str = "eval"
+    batch_size: int = 64
+    evaluator_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        adapters = self.adapters
+        if isinstance(adapters, Mapping):
+            adapters = tuple(adapters.items())
+        adapters = tuple((str(n), str(a) if isinstance(a, Path) else a) for n, a in adapters)
+        object.__setattr__(self, "adapters", adapters)
+        if isinstance(self.evaluator_options, Mapping):
+            object.__setattr__(self, "evaluator_options", tuple(self.evaluator_options.items()))
+        if not adapters:
+            raise OptionError("no adapters to evaluate")
+        names = [n for n, _ in adapters]
+        if len(set(names)) != len(names):
+            raise OptionError(f"adapter names must be unique, got {names}")
+        bad = [n for n, a in adapters if not isinstance(a, (LoraAdapter, str))]
+        if bad:
+            raise OptionError(f"adapter(s) {bad}: expected a LoraAdapter or a checkpoint path")
+        if self.split not in SPLITS:
+            raise OptionError(f"split {self.split!r}: allowed {', '.join(SPLITS)}")
+        if self.batch_size <= 0:
+            raise OptionError(f"batch_size must be positive, got {self.batch_size}")
+        allowed = {"reuse_prefix", "prefix_cache_mb", "text_chunk", "logits_cache"}
+        unknown = sorted({k for k, _ in self.evaluator_options} - allowed)
+        if unknown:
+            raise OptionError(f"unknown evaluator option(s) {unknown}; allowed: {sorted(allowed)}")
+
+    def load_adapters(self) -> dict[str, LoraAdapter]:
+        """The adapters by name (paths are read here)."""
+        from coto_tools.adapters.io import load_adapter
+
+        return {n: a if isinstance(a, LoraAdapter) else load_adapter(a) for n, a in self.adapters}
+
+    def build(self, *, model: Any = None) -> Evaluator:
+        """A local :class:`Evaluator` of this spec (what every worker builds)."""
+        from coto_tools.runtime.evaluator import Evaluator
+        from coto_tools.tasks import get_task
+
+        adapters = self.load_adapters()
+        named: LoraAdapter | dict[str, LoraAdapter] = adapters
+        return Evaluator(
+            get_task(self.task),
+            named,
+            split=self.split,
+            batch_size=self.batch_size,
+            model=model,
+            **dict(self.evaluator_options),
+        )
+
+
+def make_evaluator(
+    spec: EvaluatorSpec, executor: ExecutorConfig | None = None, *, model: Any = None
+) -> Any:
+    """An evaluator of ``spec`` run by ``executor`` (``None``: local). ``model``: a base model to
+    reuse (local only)."""
+    executor = executor or LOCAL
+    if executor.is_local:
+        return spec.build(model=model)
+    from coto_tools.runtime.ray_executor import RayEvaluator
+
+    return RayEvaluator(spec, executor)
+
+
+_PLACEHOLDER = Metrics(accuracy=0.0, loss=0.0, logprob=0.0, n=0)
+
+
+class Recorder:
+    """Answers ``value(config)`` with a placeholder and records ``config`` (see module doc).
+
+    Use only on code whose choice of configurations does not depend on the values returned."""
+
+    def __init__(self) -> None:
+        self.configs: list[Config] = []
+
+    def value(self, config: Config) -> Metrics:
+        self.configs.append(dict(config))
+        return _PLACEHOLDER
+
+    def value_batch(self, configs: Sequence[Config]) -> list[Metrics]:
+        return [self.value(c) for c in configs]
+
+
+__all__ = [
+    "LOCAL",
+    "AdapterSource",
+    "EvaluatorSpec",
+    "ExecutorConfig",
+    "ExecutorError",
+    "ExecutorKind",
+    "Recorder",
+    "executor_from_cli",
+    "make_evaluator",
+]

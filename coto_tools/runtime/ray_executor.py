@@ -1,0 +1,324 @@
+"""Evaluating configurations on a Ray cluster: :class:`RayEvaluator` (needs ``coto-tools[ray]``).
+
+A pool of Ray actors, each holding one model replica (an
+:class:`~coto_tools.runtime.evaluator.Evaluator` built from an
+:class:`~coto_tools.runtime.executor.EvaluatorSpec`; one GPU per actor when the cluster has
+GPUs), evaluates configurations sent by the driver. The driver keeps the cache, computes the
+canonical keys with the evaluator's own code, and splits the uncached keys of a batch, sorted
+lexicographically as the local evaluator sorts them, into one contiguous chunk per worker (so
+prefix reuse still works inside each worker); results come back in input order. A worker that
+dies mid-evaluation is replaced by a fresh actor and its chunk resubmitted (at most
+``max_retries`` times per chunk); logging (the Shapley evaluation log) stays in the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from coto_tools.adapters.lora import LoraAdapter
+from coto_tools.lmc.engine import PointEvaluator
+from coto_tools.lmc.space import Space, check_compatible, interpolate_factors
+from coto_tools.runtime.evaluator import Config, ConfigKey, Evaluator, PerExample
+from coto_tools.runtime.executor import EvaluatorSpec, ExecutorConfig, ExecutorError
+from coto_tools.tasks.base import Metrics, Task
+
+MAX_AUTO_WORKERS = 64
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorError(
+            "--executor ray needs Ray: pip install 'coto-tools[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+class _Worker:
+    """One model replica (a Ray actor): builds the spec's evaluator and evaluates keys."""
+
+    def __init__(self, spec: EvaluatorSpec, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.spec = spec
+        self.ev = spec.build()
+        self._factor_model: Any = None
+
+    def describe(self) -> tuple[list[tuple[str, str]], np.ndarray, int]:
+        """``(branches in key order, labels, pid)`` (the driver checks the branches)."""
+        import os
+
+        return list(self.ev.branches), self.ev.labels.numpy().copy(), os.getpid()
+
+    def evaluate(self, keys: list[ConfigKey]) -> tuple[list[Metrics], int]:
+        """Metrics of ``keys`` (canonical gate tuples), and the forward passes done."""
+        before = self.ev.n_forward
+        configs = [dict(zip(self.ev.branches, k, strict=True)) for k in keys]
+        return self.ev.value_batch(configs), self.ev.n_forward - before
+
+    def per_example(self, keys: list[ConfigKey]) -> tuple[list[PerExample], int]:
+        out = [
+            self.ev.metrics_per_example(dict(zip(self.ev.branches, k, strict=True))) for k in keys
+        ]
+        return out, len(out)
+
+    def evaluate_adapters(self, adapters: list[LoraAdapter]) -> tuple[list[Metrics], int]:
+        """Each adapter alone (every module gate 1) on a second base model of the task."""
+        if self._factor_model is None:
+            self._factor_model = self.ev.task.build_model()
+        out = []
+        for ad in adapters:
+            ev = Evaluator(
+                self.ev.task, ad, split=self.spec.split, batch_size=self.spec.batch_size,
+                model=self._factor_model,
+            )  # fmt: skip
+            try:
+                out.append(ev.value(dict.fromkeys(ad.modules, 1.0)))
+            finally:
+                ev.close()
+        return out, len(out)
+
+
+class RayEvaluator:
+    """The :class:`Evaluator` interface (``value``, ``value_batch``, ``value_mask``, ``key``,
+    ``mask_config``, ``game``, ``metrics_per_example``, ``n_forward``, ``close``) over a pool of
+    Ray actors (see module doc). Connects to ``executor.address`` (or starts a local Ray when
+    none is running and no address is given; then :meth:`close` shuts it down)."""
+
+    # the local evaluator's own code: same canonical keys, same masks, same game
+    key = Evaluator.key
+    _resolve = Evaluator._resolve
+    mask_config = Evaluator.mask_config
+    value_mask = Evaluator.value_mask
+    game = Evaluator.game
+
+    def __init__(self, spec: EvaluatorSpec, executor: ExecutorConfig) -> None:
+        ray = _import_ray()
+        self._ray = ray
+        self.spec = spec
+        self.executor = executor
+        self.split = spec.split
+        self.adapters: dict[str, LoraAdapter] = spec.load_adapters()
+        branches = [(a, m) for a, ad in self.adapters.items() for m in ad.modules]
+        self.branches = sorted(branches, key=Evaluator._branch_order)
+        self._index = {b: i for i, b in enumerate(self.branches)}
+        self._owns_ray = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=executor.address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ExecutorError(
+                    f"cannot connect to Ray at {executor.address or '(new local instance)'}: {exc}"
+                ) from exc
+            self._owns_ray = executor.address is None
+        resources = ray.cluster_resources()
+        gpus = executor.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+        self._gpus = gpus
+        workers = executor.workers
+        if workers is None:
+            if gpus > 0:
+                workers = int(resources.get("GPU", 0) // gpus)
+            else:
+                workers = int(resources.get("CPU", 1) // executor.cpus_per_worker)
+            workers = max(1, min(MAX_AUTO_WORKERS, workers))
+        self._actor_cls = ray.remote(
+            num_cpus=executor.cpus_per_worker, num_gpus=gpus, max_restarts=0
+        )(_Worker)
+        self._spec_ref = ray.put(spec)  # shipped once; actors get it from the object store
+        self._actors: list[Any] = [self._new_actor() for _ in range(workers)]
+        described = ray.get([a.describe.remote() for a in self._actors])
+        for got, _labels, _ in described:
+            if [tuple(b) for b in got] != self.branches:
+                raise ExecutorError(
+                    "a worker's evaluator has other branches than the driver's; is the same "
+                    "coto-tools version installed on every node?"
+                )
+        self.labels = described[0][1]
+        self.pids = [pid for _, _, pid in described]
+        self._cache: dict[ConfigKey, Metrics] = {}
+        self.n_forward = 0
+        self.n_cache_hits = 0
+        self.n_restarts = 0
+
+    def _new_actor(self) -> Any:
+        return self._actor_cls.remote(self._spec_ref, self.executor.cpus_per_worker)
+
+    @property
+    def workers(self) -> int:
+        return len(self._actors)
+
+    # -- evaluating -----------------------------------------------------------------------
+    def value(self, config: Config) -> Metrics:
+        """Metrics of one configuration (cached in the driver)."""
+        return self.value_batch([config])[0]
+
+    def value_batch(self, configs: Sequence[Config]) -> list[Metrics]:
+        """Metrics of many configurations (uncached ones spread over the workers), in input
+        order."""
+        keys = [self.key(c) for c in configs]
+        todo = sorted(set(keys) - set(self._cache))  # lexicographic, as the local evaluator
+        if todo:
+            for k, m in zip(todo, self._dispatch("evaluate", todo), strict=True):
+                self._cache[k] = m
+        self.n_cache_hits += len(keys)
+        return [self._cache[k] for k in keys]
+
+    def metrics_per_example(self, config: Config) -> PerExample:
+        """Per-document results of one configuration (computed by a worker, not cached)."""
+        return self._dispatch("per_example", [self.key(config)])[0]
+
+    def value_adapters(self, adapters: Sequence[LoraAdapter]) -> list[Metrics]:
+        """Metrics of each adapter alone on the task (a fresh adapter per item, e.g. an LMC
+        factor-space point), spread over the workers; not cached."""
+        return self._dispatch("evaluate_adapters", list(adapters))
+
+    def _dispatch(self, method: str, items: list[Any]) -> list[Any]:
+        """``items`` in contiguous chunks, one per worker; dead workers replaced, chunks resent."""
+        ray = self._ray
+        n = min(len(self._actors), len(items))
+        bounds = [round(i * len(items) / n) for i in range(n + 1)]
+        chunks = [items[bounds[i] : bounds[i + 1]] for i in range(n)]
+        results: list[list[Any] | None] = [None] * n
+        tries = [0] * n
+        pending = {self._submit(method, i, chunks[i]): i for i in range(n)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            i = pending.pop(ref)
+            try:
+                out, forwards = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                tries[i] += 1
+                if tries[i] > self.executor.max_retries:
+                    raise ExecutorError(
+                        f"worker {i} died {tries[i]} times on the same {len(chunks[i])} "
+                        f"configuration(s); last error: {exc}"
+                    ) from exc
+                self._replace(i)
+                pending[self._submit(method, i, chunks[i])] = i
+                continue
+            if method != "per_example":
+                self.n_forward += forwards
+            results[i] = out
+        return [r for part in results for r in (part or [])]
+
+    def _submit(self, method: str, i: int, chunk: list[Any]) -> Any:
+        return getattr(self._actors[i], method).remote(chunk)
+
+    def _replace(self, i: int) -> None:
+        try:
+            self._ray.kill(self._actors[i], no_restart=True)
+        except Exception:  # noqa: BLE001 -- already gone: nothing to kill
+            pass
+        self._actors[i] = self._new_actor()
+        self.n_restarts += 1
+
+    def close(self) -> None:
+        """Stop the actors (and the Ray instance this evaluator started)."""
+        for a in self._actors:
+            try:
+                self._ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 -- already gone
+                pass
+        self._actors = []
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._owns_ray = False
+
+
+class RayPointEvaluator(PointEvaluator):
+    """:class:`~coto_tools.lmc.engine.PointEvaluator` whose points are evaluated by a
+    :class:`RayEvaluator` (delta space: one configuration of the named branches; factor space:
+    the interpolated adapter, evaluated by a worker on its second model). :meth:`prefetch`
+    evaluates many points at once; :meth:`value` then answers from the caches."""
+
+    def __init__(
+        self,
+        task: Task,
+        adapters: Mapping[str, LoraAdapter],
+        *,
+        spec: EvaluatorSpec,
+        executor: ExecutorConfig,
+    ) -> None:
+        # PointEvaluator.__init__ would build a model here; the driver needs none
+        self.task = task
+        self.split = spec.split
+        self.adapters = dict(adapters)
+        self.evaluator = RayEvaluator(spec, executor)  # type: ignore[assignment]
+        self._factor_model = None
+        self._cache: dict[Any, Metrics] = {}
+        self._factor_done: dict[Any, Metrics] = {}
+        self.evaluations = 0
+
+    @property
+    def model(self) -> Any:
+        raise ExecutorError("the models live on the Ray workers; the driver holds none")
+
+    def _point(self, weights: Mapping[str, float]) -> LoraAdapter:
+        names = list(weights)
+        ads = [self.adapters[n] for n in names]
+        check_compatible(ads, Space.factor)
+        return interpolate_factors(ads, [weights[n] for n in names])
+
+    def _factor(self, weights: dict[str, float]) -> Metrics:
+        key = (Space.factor, tuple(weights.items()))
+        hit = self._factor_done.get(key)
+        if hit is not None:
+            return hit
+        point = self._point(weights)
+        if not point.modules:
+            return self.evaluator.value({})
+        return self.evaluator.value_adapters([point])[0]  # type: ignore[attr-defined]
+
+    def prefetch(self, points: Sequence[tuple[Space | str, Mapping[str, float]]]) -> None:
+        """Evaluate ``(space, weights)`` points together (in parallel on the workers)."""
+        from coto_tools.lmc.space import delta_gates
+
+        delta: list[dict[Any, float]] = []
+        factor: dict[Any, LoraAdapter] = {}
+        for space, weights in points:
+            key = self._key(Space(space), weights)
+            if key in self._cache or key in self._factor_done or key in factor:
+                continue
+            names = [n for n, _ in key[1]]
+            if key[0] is Space.delta:
+                ads = [self.adapters[n] for n in names]
+                delta.append(dict(delta_gates(names, ads, [w for _, w in key[1]])))
+            else:
+                point = self._point(dict(key[1]))
+                if point.modules:
+                    factor[key] = point
+                else:
+                    delta.append({})
+        if delta:
+            self.evaluator.value_batch(delta)
+        if factor:
+            got = self.evaluator.value_adapters(list(factor.values()))  # type: ignore[attr-defined]
+            self._factor_done.update(zip(factor, got, strict=True))
+
+    def close(self) -> None:
+        self.evaluator.close()
+
+
+class PointRecorder:
+    """Records the ``(space, weights)`` points an LMC path asks for (placeholder metrics)."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[Space, dict[str, float]]] = []
+
+    def value(self, space: Space | str, weights: Mapping[str, float]) -> Metrics:
+        self.points.append((Space(space), dict(weights)))
+        return Metrics(accuracy=0.0, loss=0.0, logprob=0.0, n=0)
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["PointRecorder", "RayEvaluator", "RayPointEvaluator"]

@@ -1,0 +1,155 @@
+"""``--executor ray`` on a local 2-CPU Ray cluster: the same numbers as the local executor for
+Shapley, pruning and LMC, also when a worker is killed mid-run. Skipped without Ray."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'coto-tools[ray]')")
+
+from coto_tools.lmc.run import LmcConfig, Mode, run_lmc  # noqa: E402
+from coto_tools.prune import PruneConfig, run_prune  # noqa: E402
+from coto_tools.runtime.executor import EvaluatorSpec, ExecutorConfig, ExecutorKind  # noqa: E402
+from coto_tools.runtime.ray_executor import RayEvaluator  # noqa: E402
+from coto_tools.shapley.run import ShapleyConfig, shapley_run  # noqa: E402
+from tests.test_executor import random_adapter, run_dir  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+RAY = ExecutorConfig(kind=ExecutorKind.ray, workers=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> Iterator[None]:
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"ray.init: {time.perf_counter() - t0:.1f} s")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ray_runs")
+    return {
+        "a": run_dir(root, "a", 1, variant={"model_seed": 2}),  # workers must rebuild this task
+        "b": run_dir(root, "b", 2),
+        "c": run_dir(root, "c", 3),
+    }
+
+
+def _shapley(ckpt: Path, out: Path, executor: ExecutorConfig | None) -> Any:
+    cfg = ShapleyConfig(
+        players="module", estimator="permutation", permutations=2, seed=3, split="quick",
+        out=out, batch_size=4,
+    )  # fmt: skip
+    return shapley_run(ckpt, cfg, executor=executor)
+
+
+def _same_shapley(a: Any, b: Any) -> None:
+    for m, ra in a.results.items():
+        rb = b.results[m]
+        assert np.array_equal(ra.values, rb.values), m
+        assert np.array_equal(ra.std_errors, rb.std_errors), m
+        assert ra.evaluations == rb.evaluations
+    assert (a.out / "evaluations.jsonl").read_text() == (b.out / "evaluations.jsonl").read_text()
+
+
+def test_shapley_equals_local(runs: dict[str, Path], tmp_path: Path) -> None:
+    local = _shapley(runs["a"], tmp_path / "local", None)
+    remote = _shapley(runs["a"], tmp_path / "ray", RAY)
+    assert remote.summary["evaluations_computed"] == local.summary["evaluations_computed"] > 8
+    _same_shapley(local, remote)
+    assert abs(local.primary.v_full - local.primary.v_empty) > 1e-3  # a real game
+
+
+def test_worker_killed_mid_run_is_replaced(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = _shapley(runs["a"], tmp_path / "local", None)
+    state = {"calls": 0, "killed": 0, "restarts": 0}
+    submit, close = RayEvaluator._submit, RayEvaluator.close
+
+    def killing_submit(self: RayEvaluator, method: str, i: int, chunk: list[Any]) -> Any:
+        ref = submit(self, method, i, chunk)
+        state["calls"] += 1
+        if state["calls"] == 5 and i == 0:  # second batch: the chunk is in flight
+            ray.kill(self._actors[0], no_restart=True)
+            state["killed"] += 1
+        return ref
+
+    def recording_close(self: RayEvaluator) -> None:
+        state["restarts"] = self.n_restarts
+        close(self)
+
+    monkeypatch.setattr(RayEvaluator, "_submit", killing_submit)
+    monkeypatch.setattr(RayEvaluator, "close", recording_close)
+    remote = _shapley(runs["a"], tmp_path / "ray", RAY)
+    assert state["killed"] == 1 and state["restarts"] == 1
+    _same_shapley(local, remote)
+
+
+def test_prune_equals_local(runs: dict[str, Path], tmp_path: Path) -> None:
+    def cfg(out: str) -> PruneConfig:
+        return PruneConfig(
+            checkpoints=(runs["b"],), strategies=("all", "everyother", "low", "random:0.5"),
+            split="quick", steps=3, seeds=(0,), ranks=(4, 1), out=tmp_path / out,
+        )  # fmt: skip
+
+    local = run_prune(cfg("local"))
+    remote = run_prune(cfg("ray"), executor=RAY)
+    assert remote.checkpoints == local.checkpoints  # every Metrics bit for bit
+    assert local.checkpoints[0].full != local.checkpoints[0].empty
+
+
+def test_lmc_equals_local(runs: dict[str, Path], tmp_path: Path) -> None:
+    def cfg(out: str) -> LmcConfig:
+        return LmcConfig(groups=((runs["b"], runs["c"]),), points=3, split="quick",
+                         out=tmp_path / out)  # fmt: skip
+
+    local = run_lmc(cfg("local"))
+    remote = run_lmc(cfg("ray"), executor=RAY)
+    assert remote.results == local.results and len(local.results[0].curves) == 2
+    assert remote.evaluations == local.evaluations
+
+
+def test_lmc_plane_equals_local(runs: dict[str, Path], tmp_path: Path) -> None:
+    def cfg(out: str) -> LmcConfig:
+        trio = (runs["b"], runs["c"], runs["a"])
+        return LmcConfig(groups=(trio,), mode=Mode.plane, grid=3, split="quick",
+                         task="tiny", out=tmp_path / out)  # fmt: skip
+
+    local = run_lmc(cfg("local"))
+    remote = run_lmc(cfg("ray"), executor=RAY)
+    assert remote.plane == local.plane
+
+
+def test_ray_evaluator_interface(runs: dict[str, Path]) -> None:
+    from coto_tools.adapters.players import make_players
+    from coto_tools.runtime.evaluator import Evaluator
+    from coto_tools.tasks import get_task
+
+    ad = random_adapter(5)
+    spec = EvaluatorSpec("tiny", (("default", ad),), split="quick")
+    local = Evaluator(get_task("tiny"), ad, split="quick")
+    ev = RayEvaluator(spec, RAY)
+    try:
+        players = make_players(ad.modules, "layer")
+        masks = [[True, False], [False, True], [True, True], [True, False]]
+        assert ev.value_batch([ev.mask_config(players, m) for m in masks]) == [
+            local.value_mask(players, m) for m in masks
+        ]
+        assert ev.n_forward == 3 and ev.workers == 2
+        assert ev.key({}) == local.key({}) and ev.branches == local.branches
+        assert ev.value({}) == local.value({})
+        assert np.array_equal(ev.labels, local.labels.numpy())
+        per = ev.metrics_per_example(dict.fromkeys(ad.modules, 1.0))
+        assert np.array_equal(per.logprobs, local.metrics_per_example(dict.fromkeys(ad.modules, 1.0)).logprobs)
+    finally:
+        ev.close()
