@@ -101,3 +101,28 @@ def test_recorder_lists_configurations_in_order() -> None:
     rec.value_batch([{"b": 0.0}, {"a": 0.5}])
     assert rec.configs == [{"a": 1.0}, {"b": 0.0}, {"a": 0.5}]
     assert m.n == 0
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from coto_tools.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("command", ["shapley", "prune", "lmc"])
+def test_cli_workers_need_ray_executor(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = run_dir(tmp_path, "a", 1), run_dir(tmp_path, "b", 2)
+    args = [command, str(a)] + ([str(b)] if command == "lmc" else [])
+    code, _, err = run_cli([*args, "--workers", "2", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--ray-address and --workers need --executor ray" in err
+    code, _, err = run_cli([*args, "--executor", "dask"], capsys)
+    assert code == 2 and "dask" in err
+    assert not (tmp_path / "o").exists()

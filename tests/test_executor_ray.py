@@ -127,7 +127,9 @@ def test_lmc_plane_equals_local(runs: dict[str, Path], tmp_path: Path) -> None:
 
     local = run_lmc(cfg("local"))
     remote = run_lmc(cfg("ray"), executor=RAY)
-    assert remote.plane == local.plane
+    assert remote.plane is not None and local.plane is not None
+    assert remote.plane.metrics == local.plane.metrics
+    assert remote.plane.weights == local.plane.weights
 
 
 def test_ray_evaluator_interface(runs: dict[str, Path]) -> None:
@@ -150,6 +152,24 @@ def test_ray_evaluator_interface(runs: dict[str, Path]) -> None:
         assert ev.value({}) == local.value({})
         assert np.array_equal(ev.labels, local.labels.numpy())
         per = ev.metrics_per_example(dict.fromkeys(ad.modules, 1.0))
-        assert np.array_equal(per.logprobs, local.metrics_per_example(dict.fromkeys(ad.modules, 1.0)).logprobs)
+        assert np.array_equal(
+            per.logprobs, local.metrics_per_example(dict.fromkeys(ad.modules, 1.0)).logprobs
+        )
     finally:
         ev.close()
+
+
+def test_cli_prune_with_ray(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_executor import run_cli
+
+    common = ["prune", str(runs["b"]), "--split", "quick", "--steps", "2", "--seeds", "0",
+              "--strategies", "all,low", "--ranks", "4,1", "--quiet"]  # fmt: skip
+    code, _, err = run_cli([*common, "--out", str(tmp_path / "local")], capsys)
+    assert code == 0, err
+    ray_args = ["--executor", "ray", "--ray-address", "auto", "--workers", "2"]
+    code, _, err = run_cli([*common, "--out", str(tmp_path / "ray"), *ray_args], capsys)
+    assert code == 0, err
+    for name in ("prune.csv", "prune_curves.csv", "prune_auc.csv"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()

@@ -93,8 +93,9 @@ def write_pruned(
     if shapley is not None and not Path(shapley).is_file():
         raise OptionError(f"--shapley: no such file: {shapley}")
     adapter = load_adapter(checkpoint)
-    values = read_shapley_csv(shapley) if shapley is not None else None
-    if values is not None:
+    values = None
+    if shapley is not None:
+        values = read_shapley_csv(shapley)
         check_shapley_players(shapley, adapter.names, values)
     norms = {n: m.delta_norm() for n, m in adapter.modules.items()}
     kept = select_strategy(adapter.names, s, shapley=values, norms=norms, seed=seed)

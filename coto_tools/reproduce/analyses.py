@@ -106,11 +106,15 @@ def shapley_stage(
     from coto_tools.shapley.run import ShapleyConfig, shapley_run
 
     rs = main_runs(runs)
+    from coto_tools.adapters.players import Grouping
+    from coto_tools.shapley.registry import Estimator
+    from coto_tools.shapley.run import Metric, Split
+
     sc = ShapleyConfig(
-        players=preset.shapley_players,
-        metric=preset.shapley_metric,
-        estimator=preset.shapley_estimator,
-        split=preset.analysis_split,
+        players=Grouping(preset.shapley_players),
+        metric=Metric(preset.shapley_metric),
+        estimator=Estimator(preset.shapley_estimator),
+        split=Split(preset.analysis_split),
     )
     key = {
         "players": sc.players.value,

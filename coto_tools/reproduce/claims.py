@@ -84,7 +84,7 @@ class Row:
             }
             return out
         d = _diff(lo, co, self.higher_is_better)
-        se_d = math.sqrt(ses[0] ** 2 + ses[1] ** 2)
+        se_d = math.sqrt(sum(float(x or 0.0) ** 2 for x in ses))
         if d is not None and d > Z * se_d:
             verdict = HOLDS
         elif d is not None and d < -Z * se_d:

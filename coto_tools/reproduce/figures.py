@@ -68,7 +68,7 @@ def _zoom(ax: Any, values: Sequence[float]) -> None:
     if v:
         lo, hi = min(v), max(v)
         pad = max(0.02, 0.15 * (hi - lo))
-        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) if hi <= 1.0 else hi + pad)
+        ax.set_ylim(max(0.0, lo - pad), min(1.02, hi + pad) if hi <= 1.0 else hi + pad)
 
 
 def merge_figure(summary: Mapping[str, Any]) -> Figure:

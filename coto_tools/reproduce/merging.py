@@ -90,7 +90,7 @@ def same_task_plan(runs: Mapping[str, Run], seeds: int) -> list[MergeSpec]:
     plan = []
     for method in METHODS:
         by_seed = {r.seed: r for r in runs.values() if r.role == "main" and r.method == method}
-        groups = [
+        groups: list[tuple[str, tuple[int, ...]]] = [
             (ratio, c) for ratio in ("1:2", "1:1") for c in itertools.combinations(range(seeds), 2)
         ]
         if seeds >= 3:
@@ -207,6 +207,7 @@ def cross_stage(
 ) -> dict[str, Any]:
     """Cross-task merges evaluated on both tasks; writes ``cross/cross.json`` (+ figure), or a
     ``skipped`` record with the reason when the preset has no cross tasks."""
+    key: dict[str, Any]
     if preset.cross_tasks is None:
         key = {"skipped": preset.cross_skip_reason}
     else:

@@ -78,7 +78,7 @@ def _sections(
     root: Path = d["root"]
     meta, s, done = d["meta"], d["summaries"], d["done"]
     preset = meta.get("preset", {})
-    secs = []
+    secs: list[tuple[str, list[str], list[list[list[str]]], list[Path]]] = []
     # overview
     paras = [
         f"Task {meta['task']} ({preset.get('name', '?')} preset), {preset.get('seeds')} seed(s) "
@@ -334,6 +334,11 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
             if st == "cross" and row["eval_task"] != s["cross"]["tasks"][0]:
                 continue  # one merge command per merge; --eval on the first task
             tk = task if st == "merge" else row["eval_task"].split("[")[0]
+            if st == "cross":
+                other = s["cross"]["tasks"][1].split("[")[0]
+                lines.append(
+                    f"# cross-task {row['name']}: evaluate on {other} too with --task {other}"
+                )
             lines.append(
                 cmd.merge_command(
                     [run_path[n] for n in row["runs"]],

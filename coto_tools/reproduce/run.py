@@ -71,11 +71,12 @@ def single_stage(
     work = stage.start()
     say("single: single-task accuracy of each adapter (from training records)", progress=progress)
     rows = [{"name": r.name, "method": r.method, "seed": r.seed, **r.metrics} for r in rs]
-    summary = {"split": preset.split, "runs": rows, "zero_shot": rs[0].zero_shot if rs else None}
+    zero_shot = rs[0].zero_shot if rs else {}
+    summary = {"split": preset.split, "runs": rows, "zero_shot": zero_shot}
     write_json(work / "single.json", summary)
     from coto_tools.reproduce.figures import save, single_figure
 
-    zs = (summary["zero_shot"] or {}).get("accuracy")
+    zs = zero_shot.get("accuracy")
     save(single_figure(rows, zs), work / "single.png")
     counters["stages_run"] += 1
     return stage.commit({"figures": ["single.png"], "summary": "single.json"})

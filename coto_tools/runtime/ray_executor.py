@@ -45,8 +45,15 @@ class _Worker:
         import torch
 
         torch.set_num_threads(threads)
+        self.load(spec)
+
+    def load(self, spec: EvaluatorSpec) -> None:
+        """Switch to another spec (an idle actor reused by the next evaluator)."""
+        previous = getattr(self, "ev", None)
+        if previous is not None:
+            previous.close()
         self.spec = spec
-        self.ev = spec.build()
+        self.ev: Evaluator = spec.build()
         self._factor_model: Any = None
 
     def describe(self) -> tuple[list[tuple[str, str]], np.ndarray, int]:
@@ -132,7 +139,16 @@ class RayEvaluator:
             num_cpus=executor.cpus_per_worker, num_gpus=gpus, max_restarts=0
         )(_Worker)
         self._spec_ref = ray.put(spec)  # shipped once; actors get it from the object store
-        self._actors: list[Any] = [self._new_actor() for _ in range(workers)]
+        self._shape = (executor.cpus_per_worker, gpus)
+        reused = _take_idle(ray, self._shape, workers)
+        loading = [a.load.remote(self._spec_ref) for a in reused]
+        self._actors: list[Any] = reused + [self._new_actor() for _ in range(workers - len(reused))]
+        self.n_restarts = 0
+        for i, ref in enumerate(loading):
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:  # died while idle
+                self._replace(i)
         described = ray.get([a.describe.remote() for a in self._actors])
         for got, _labels, _ in described:
             if [tuple(b) for b in got] != self.branches:
@@ -145,7 +161,6 @@ class RayEvaluator:
         self._cache: dict[ConfigKey, Metrics] = {}
         self.n_forward = 0
         self.n_cache_hits = 0
-        self.n_restarts = 0
 
     def _new_actor(self) -> Any:
         return self._actor_cls.remote(self._spec_ref, self.executor.cpus_per_worker)
@@ -213,24 +228,63 @@ class RayEvaluator:
         return getattr(self._actors[i], method).remote(chunk)
 
     def _replace(self, i: int) -> None:
-        try:
-            self._ray.kill(self._actors[i], no_restart=True)
-        except Exception:  # noqa: BLE001 -- already gone: nothing to kill
-            pass
+        _kill(self._ray, self._actors[i])
         self._actors[i] = self._new_actor()
         self.n_restarts += 1
 
     def close(self) -> None:
-        """Stop the actors (and the Ray instance this evaluator started)."""
-        for a in self._actors:
-            try:
-                self._ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001 -- already gone
-                pass
-        self._actors = []
+        """Stop the Ray instance this evaluator started; on a cluster it joined, keep the actors
+        idle for the next evaluator in this process (:func:`release_workers` stops them)."""
+        actors, self._actors = self._actors, []
         if self._owns_ray and self._ray.is_initialized():
+            release_workers()
+            for a in actors:
+                _kill(self._ray, a)
             self._ray.shutdown()
             self._owns_ray = False
+        elif actors:
+            _IDLE.setdefault(_job_id(self._ray), {}).setdefault(self._shape, []).extend(actors)
+
+
+# idle actors by Ray job, then by (cpus, gpus) per actor: reused by the next RayEvaluator
+_IDLE: dict[str, dict[tuple[float, float], list[Any]]] = {}
+
+
+def _job_id(ray: Any) -> str:
+    return str(ray.get_runtime_context().get_job_id())
+
+
+def _take_idle(ray: Any, shape: tuple[float, float], n: int) -> list[Any]:
+    job = _job_id(ray)
+    for other in [j for j in _IDLE if j != job]:  # from an earlier ray.init: gone
+        del _IDLE[other]
+    idle = _IDLE.get(job, {}).get(shape, [])
+    taken, idle[:] = idle[:n], idle[n:]
+    return taken
+
+
+def _kill(ray: Any, actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 -- already gone: nothing to kill
+        pass
+
+
+def release_workers() -> int:
+    """Stop the idle actors kept for reuse (see :meth:`RayEvaluator.close`); returns how many."""
+    try:
+        import ray
+    except ImportError:
+        return 0
+    n = 0
+    for shapes in _IDLE.values():
+        for actors in shapes.values():
+            for a in actors:
+                if ray.is_initialized():
+                    _kill(ray, a)
+                n += 1
+    _IDLE.clear()
+    return n
 
 
 class RayPointEvaluator(PointEvaluator):
@@ -321,4 +375,4 @@ class PointRecorder:
         pass
 
 
-__all__ = ["PointRecorder", "RayEvaluator", "RayPointEvaluator"]
+__all__ = ["PointRecorder", "RayEvaluator", "RayPointEvaluator", "release_workers"]
