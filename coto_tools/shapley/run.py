@@ -22,6 +22,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Grouping, Players, make_players
@@ -185,6 +187,22 @@ def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
     )
 
 
+def _check_budget(config: ShapleyConfig, n: int) -> None:
+    """Refuse a budget the estimator cannot work with before anything is written or evaluated:
+    a dry run of the same estimator on the null game (all values 0) costs no model evaluation
+    and raises the same :class:`ShapleyError` the real run would."""
+    estimate_shapley(
+        lambda coalitions: np.zeros(len(coalitions)),
+        n,
+        estimator=config.estimator,
+        budget=config.effective_budget(),
+        permutations=config.permutations,
+        tol=None,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
+
+
 def shapley_run(
     checkpoint: str | Path | Prepared,
     config: ShapleyConfig,
@@ -213,11 +231,12 @@ def shapley_run(
         players=prep.players,
         metrics=metrics,
     )
+    n = len(prep.players)
+    _check_budget(config, n)
     prep.out.mkdir(parents=True, exist_ok=True)
     log_path = prep.out / LOG_FILE
     if config.force and log_path.exists():
         log_path.unlink()
-    n = len(prep.players)
     evaluator: Any
     if executor is None or executor.is_local:
         evaluator = Evaluator(
