@@ -126,3 +126,16 @@ def test_cli_workers_need_ray_executor(
     code, _, err = run_cli([*args, "--executor", "dask"], capsys)
     assert code == 2 and "dask" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_ray_executor_without_ray_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    a = run_dir(tmp_path, "a", 1)
+    args = ["prune", str(a), "--split", "quick", "--out", str(tmp_path / "o"), "--quiet"]
+    code, _, err = run_cli([*args, "--executor", "ray"], capsys)
+    assert code == 2 and "pip install 'coto-tools[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -13,12 +13,13 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'coto-tools[ray]')")
 
+from test_executor import random_adapter, run_dir  # noqa: E402  (tests/ is on sys.path)
+
 from coto_tools.lmc.run import LmcConfig, Mode, run_lmc  # noqa: E402
 from coto_tools.prune import PruneConfig, run_prune  # noqa: E402
 from coto_tools.runtime.executor import EvaluatorSpec, ExecutorConfig, ExecutorKind  # noqa: E402
 from coto_tools.runtime.ray_executor import RayEvaluator  # noqa: E402
 from coto_tools.shapley.run import ShapleyConfig, shapley_run  # noqa: E402
-from tests.test_executor import random_adapter, run_dir  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -162,7 +163,7 @@ def test_ray_evaluator_interface(runs: dict[str, Path]) -> None:
 def test_cli_prune_with_ray(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.test_executor import run_cli
+    from test_executor import run_cli
 
     common = ["prune", str(runs["b"]), "--split", "quick", "--steps", "2", "--seeds", "0",
               "--strategies", "all,low", "--ranks", "4,1", "--quiet"]  # fmt: skip
@@ -173,3 +174,22 @@ def test_cli_prune_with_ray(
     assert code == 0, err
     for name in ("prune.csv", "prune_curves.csv", "prune_auc.csv"):
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+
+
+def test_bad_worker_setup_is_a_clear_error() -> None:
+    from coto_tools.runtime.executor import ExecutorError
+
+    ad = random_adapter(5)
+    too_many = ExecutorConfig(kind=ExecutorKind.ray, workers=3)
+    with pytest.raises(ExecutorError, match="--workers 3 needs 3 CPUs; the Ray cluster has 2"):
+        RayEvaluator(EvaluatorSpec("tiny", (("default", ad),)), too_many)
+    bad = EvaluatorSpec('tiny:{"seed":-1}', (("default", ad),))  # fails only on the workers
+    with pytest.raises(
+        ExecutorError, match="(?s)could not build the evaluator.*seeds must be >= 0"
+    ):
+        RayEvaluator(bad, RAY)
+    ev = RayEvaluator(EvaluatorSpec("tiny", (("default", ad),), split="quick"), RAY)  # recovers
+    try:
+        assert ev.value({}).n == 32
+    finally:
+        ev.close()

@@ -40,20 +40,24 @@ def _q(parts: Sequence[Any]) -> str:
 def train_command(config: Mapping[str, Any], out: str) -> str:
     """``coto-tools train ...`` for a run's recorded config (every hyperparameter explicit)."""
     cfg = TrainConfig.from_dict(config).as_dict()
-    parts: list[Any] = ["coto-tools", "train", "--task", cfg["task"]]
+    variant = dict(cfg.get("task_variant") or {})
+    shots = variant.pop("shots", None)
+    parts: list[Any] = ["coto-tools", "train", "--task", task_spec(cfg["task"], variant)]
     for field, flag in _TRAIN_FLAGS.items():
         parts += [flag, cfg[field]]
     if cfg.get("targets"):
         parts += ["--targets", ",".join(cfg["targets"])]
-    variant = dict(cfg.get("task_variant") or {})
-    shots = variant.pop("shots", None)
     if shots is not None:
         parts += ["--shots", shots]
     parts += ["--out", out]
-    line = _q(parts)
-    if variant:
-        line += f"  # task options {variant} have no train flag: set them via the Python API"
-    return line
+    return _q(parts)
+
+
+def task_spec(name: str, variant: Mapping[str, Any]) -> str:
+    """``NAME`` or ``NAME:{JSON options}``, the task spec every command's ``--task`` takes."""
+    from coto_tools.tasks import task_spec as spec
+
+    return spec(name, variant)
 
 
 def merge_command(

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from coto_tools.adapters import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.merge import MergeConfig, MergeMethod, MergeSpace, merge_adapters
+from coto_tools.reproduce.commands import task_spec
 from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig, TaskSpec
 from coto_tools.reproduce.stage import Stage, say, write_json
 from coto_tools.reproduce.training import Run
@@ -245,7 +246,13 @@ def cross_stage(
         for s in plan:
             own = runs[s.runs[i]].metrics
             rows.append(
-                _row(s, metrics[s.name], eval_task=t.label, own_accuracy=own.get("accuracy"))
+                _row(
+                    s,
+                    metrics[s.name],
+                    eval_task=t.label,
+                    own_accuracy=own.get("accuracy"),
+                    eval_task_spec=task_spec(task.name, task.variant),
+                )
             )
     singles = [
         {

@@ -328,26 +328,26 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
             lines.append(cmd.train_command(read_json(rec)["config"], f"{out_dir}/{r['dir']}"))
     main = [f"{out_dir}/{r['dir']}" for r in runs.values() if r["role"] == "main"]
     run_path = {n: f"{out_dir}/{r['dir']}" for n, r in runs.items()}
-    task = meta["task"]
-    for st, rows_key in (("merge", "merges"), ("cross", "merges")):
-        for row in (s.get(st) or {}).get(rows_key, []):
+    main_spec = cmd.task_spec(meta["task"], (meta.get("preset") or {}).get("task_variant") or {})
+    for st in ("merge", "cross"):
+        rows = (s.get(st) or {}).get("merges", [])
+        for row in rows:
             if st == "cross" and row["eval_task"] != s["cross"]["tasks"][0]:
-                continue  # one merge command per merge; --eval on the first task
-            tk = task if st == "merge" else row["eval_task"].split("[")[0]
+                continue  # one merge command per merge, evaluated on the first task
+            spec = main_spec if st == "merge" else row.get("eval_task_spec", row["eval_task"])
             if st == "cross":
-                other = s["cross"]["tasks"][1].split("[")[0]
-                lines.append(
-                    f"# cross-task {row['name']}: evaluate on {other} too with --task {other}"
+                other = next(
+                    (
+                        r.get("eval_task_spec", r["eval_task"])
+                        for r in rows
+                        if r["name"] == row["name"] and r["eval_task"] != row["eval_task"]
+                    ),
+                    "",
                 )
-            lines.append(
-                cmd.merge_command(
-                    [run_path[n] for n in row["runs"]],
-                    row,
-                    f"{out_dir}/{st}/adapters/{row['name']}",
-                    tk,
-                    s[st]["split"],
-                )
-            )
+                lines.append(f"# {row['name']}: for the second task rerun with --task {other}")
+            out = f"{out_dir}/{st}/adapters/{row['name']}"
+            runs_in = [run_path[n] for n in row["runs"]]
+            lines.append(cmd.merge_command(runs_in, row, out, spec, s[st]["split"]))
     if "prune" in s:
         lines.append(cmd.prune_command(main, s["prune"]["split"], f"{out_dir}/prune"))
     if "shapley" in s:

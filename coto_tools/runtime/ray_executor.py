@@ -13,6 +13,7 @@ dies mid-evaluation is replaced by a fresh actor and its chunk resubmitted (at m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,10 +96,9 @@ class RayEvaluator:
     """The :class:`Evaluator` interface (``value``, ``value_batch``, ``value_mask``, ``key``,
     ``mask_config``, ``game``, ``metrics_per_example``, ``n_forward``, ``close``) over a pool of
     Ray actors (see module doc). Connects to ``executor.address`` (or starts a local Ray when
-    none is running and no address is given; then :meth:`close` shuts it down)."""
+    none is running and no address is given; it stops when the process ends)."""
 
     # the local evaluator's own code: same canonical keys, same masks, same game
-    key = Evaluator.key
     _resolve = Evaluator._resolve
     mask_config = Evaluator.mask_config
     value_mask = Evaluator.value_mask
@@ -114,15 +114,18 @@ class RayEvaluator:
         branches = [(a, m) for a, ad in self.adapters.items() for m in ad.modules]
         self.branches = sorted(branches, key=Evaluator._branch_order)
         self._index = {b: i for i, b in enumerate(self.branches)}
-        self._owns_ray = False
         if not ray.is_initialized():
             try:
-                ray.init(address=executor.address, include_dashboard=False, log_to_driver=False)
+                ray.init(
+                    address=executor.address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ExecutorError(
                     f"cannot connect to Ray at {executor.address or '(new local instance)'}: {exc}"
                 ) from exc
-            self._owns_ray = executor.address is None
         resources = ray.cluster_resources()
         gpus = executor.gpus_per_worker
         if gpus is None:
@@ -135,6 +138,13 @@ class RayEvaluator:
             else:
                 workers = int(resources.get("CPU", 1) // executor.cpus_per_worker)
             workers = max(1, min(MAX_AUTO_WORKERS, workers))
+        need = {"CPU": workers * executor.cpus_per_worker, "GPU": workers * gpus}
+        short = [f"{need[r]:g} {r}s" for r in need if need[r] > resources.get(r, 0)]
+        if short:  # the actors would wait forever for resources
+            raise ExecutorError(
+                f"--workers {workers} needs {' and '.join(short)}; the Ray cluster has "
+                f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs"
+            )
         self._actor_cls = ray.remote(
             num_cpus=executor.cpus_per_worker, num_gpus=gpus, max_restarts=0
         )(_Worker)
@@ -144,12 +154,20 @@ class RayEvaluator:
         loading = [a.load.remote(self._spec_ref) for a in reused]
         self._actors: list[Any] = reused + [self._new_actor() for _ in range(workers - len(reused))]
         self.n_restarts = 0
-        for i, ref in enumerate(loading):
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError:  # died while idle
-                self._replace(i)
-        described = ray.get([a.describe.remote() for a in self._actors])
+        try:
+            for i, ref in enumerate(loading):
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError:  # died while idle
+                    self._replace(i)
+            described = ray.get([a.describe.remote() for a in self._actors])
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            for a in self._actors:
+                _kill(ray, a)
+            raise ExecutorError(
+                f"a Ray worker could not build the evaluator of task {spec.task!r} "
+                f"(are the task's model and data reachable on every node?): {exc}"
+            ) from exc
         for got, _labels, _ in described:
             if [tuple(b) for b in got] != self.branches:
                 raise ExecutorError(
@@ -168,6 +186,11 @@ class RayEvaluator:
     @property
     def workers(self) -> int:
         return len(self._actors)
+
+    def key(self, config: Config) -> ConfigKey:
+        """Canonical key: :meth:`Evaluator.key` itself (it reads ``branches``, ``_index`` and
+        ``adapters``, which this class holds too)."""
+        return Evaluator.key(self, config)  # type: ignore[arg-type]  # duck-typed reuse
 
     # -- evaluating -----------------------------------------------------------------------
     def value(self, config: Config) -> Metrics:
@@ -233,16 +256,11 @@ class RayEvaluator:
         self.n_restarts += 1
 
     def close(self) -> None:
-        """Stop the Ray instance this evaluator started; on a cluster it joined, keep the actors
-        idle for the next evaluator in this process (:func:`release_workers` stops them)."""
+        """Keep the actors idle for the next evaluator of this process (several checkpoints of
+        one command reuse the replicas); :func:`release_workers` stops them, and they stop with
+        the process, as does a Ray instance this evaluator started."""
         actors, self._actors = self._actors, []
-        if self._owns_ray and self._ray.is_initialized():
-            release_workers()
-            for a in actors:
-                _kill(self._ray, a)
-            self._ray.shutdown()
-            self._owns_ray = False
-        elif actors:
+        if actors and self._ray.is_initialized():
             _IDLE.setdefault(_job_id(self._ray), {}).setdefault(self._shape, []).extend(actors)
 
 
@@ -258,6 +276,11 @@ def _take_idle(ray: Any, shape: tuple[float, float], n: int) -> list[Any]:
     job = _job_id(ray)
     for other in [j for j in _IDLE if j != job]:  # from an earlier ray.init: gone
         del _IDLE[other]
+    for other_shape, actors in _IDLE.get(job, {}).items():  # they would hold resources
+        if other_shape != shape:
+            for a in actors:
+                _kill(ray, a)
+            actors.clear()
     idle = _IDLE.get(job, {}).get(shape, [])
     taken, idle[:] = idle[:n], idle[n:]
     return taken

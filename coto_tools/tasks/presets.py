@@ -83,13 +83,81 @@ class HeadroomRule:
 
 RULE = HeadroomRule()
 
-# Measured by benchmarks/bench_presets.py on 2026-xx-xx (see benchmarks/results/presets.md):
+# Measured by benchmarks/bench_presets.py on 2026-11-29 (full table: benchmarks/results/presets.md):
 #   python benchmarks/bench_presets.py --seeds 1 --steps 120 --batch-size 16 --max-tokens 48
+#   python benchmarks/bench_presets.py --candidates d-full-letters e-shots16-letters --seeds 1 2 \
+#       --steps 120 --batch-size 16 --max-tokens 48 --merge
+#   python benchmarks/bench_presets.py --candidates e-shots16-letters --seeds 1 --steps 120 \
+#       --batch-size 16 --max-tokens 48 --lr 3e-3
 # bbc-topic, r=8 alpha=16 on q/k/v of 6 layers, AdamW lr 1e-3 constant after 8% warm-up,
 # 120 steps x batch 16, one torch thread; accuracies on the eval split (400 docs, SE ~0.02).
 # Per method: trained accuracy / mean log-prob of the true label, accuracy with only the
 # even layers' adapters ("even"), and the 1:1 factor-space merge of seeds 1 and 2 ("merge").
-MEASURED: dict[str, dict[str, Any]] = {}
+MEASURED: dict[str, dict[str, Any]] = {
+    "a-full-plain": {
+        "variant": {"max_tokens": 48, "prompts": "plain", "shots": None, "text": "headline+lead"},
+        "lr": 0.001, "steps": 120, "batch_size": 16, "train_docs": 1825,
+        "seeds": [1], "n": 400, "zero_shot": 0.7725, "zero_shot_logprob": -0.7339,
+        "lora": {"accuracy": 0.94, "logprob": -0.1491, "even": 0.9275, "odd": 0.9375,
+                 "merge": None, "per_seed": [0.94]},
+        "coto": {"accuracy": 0.935, "logprob": -0.1741, "even": 0.94, "odd": 0.92,
+                 "merge": None, "per_seed": [0.935]},
+    },
+    "b-shots8-plain": {
+        "variant": {"max_tokens": 48, "prompts": "plain", "shots": 8, "text": "headline+lead"},
+        "lr": 0.001, "steps": 120, "batch_size": 16, "train_docs": 40,
+        "seeds": [1], "n": 400, "zero_shot": 0.7725, "zero_shot_logprob": -0.7339,
+        "lora": {"accuracy": 0.8975, "logprob": -0.3285, "even": 0.8875, "odd": 0.8825,
+                 "merge": None, "per_seed": [0.8975]},
+        "coto": {"accuracy": 0.905, "logprob": -0.3312, "even": 0.8975, "odd": 0.9025,
+                 "merge": None, "per_seed": [0.905]},
+    },
+    "c-shots16-plain": {
+        "variant": {"max_tokens": 48, "prompts": "plain", "shots": 16, "text": "headline+lead"},
+        "lr": 0.001, "steps": 120, "batch_size": 16, "train_docs": 80,
+        "seeds": [1], "n": 400, "zero_shot": 0.7725, "zero_shot_logprob": -0.7339,
+        "lora": {"accuracy": 0.9275, "logprob": -0.239, "even": 0.93, "odd": 0.92,
+                 "merge": None, "per_seed": [0.9275]},
+        "coto": {"accuracy": 0.925, "logprob": -0.2421, "even": 0.9275, "odd": 0.92,
+                 "merge": None, "per_seed": [0.925]},
+    },
+    "d-full-letters": {
+        "variant": {"max_tokens": 48, "prompts": "letters", "shots": None, "text": "headline+lead"},
+        "lr": 0.001, "steps": 120, "batch_size": 16, "train_docs": 1825,
+        "seeds": [1, 2], "n": 400, "zero_shot": 0.1775, "zero_shot_logprob": -1.7505,
+        "lora": {"accuracy": 0.9438, "logprob": -0.1593, "even": 0.8975, "odd": 0.905,
+                 "merge": 0.9475, "per_seed": [0.935, 0.9525]},
+        "coto": {"accuracy": 0.925, "logprob": -0.2018, "even": 0.8438, "odd": 0.9,
+                 "merge": 0.9525, "per_seed": [0.91, 0.94]},
+    },
+    "e-shots16-letters": {
+        "variant": {"max_tokens": 48, "prompts": "letters", "shots": 16, "text": "headline+lead"},
+        "lr": 0.001, "steps": 120, "batch_size": 16, "train_docs": 80,
+        "seeds": [1, 2], "n": 400, "zero_shot": 0.1775, "zero_shot_logprob": -1.7505,
+        "lora": {"accuracy": 0.9437, "logprob": -0.1896, "even": 0.8813, "odd": 0.9038,
+                 "merge": 0.9475, "per_seed": [0.9425, 0.945]},
+        "coto": {"accuracy": 0.9363, "logprob": -0.1994, "even": 0.8875, "odd": 0.9062,
+                 "merge": 0.9425, "per_seed": [0.9275, 0.945]},
+    },
+    "e-shots16-letters-lr0.003": {
+        "variant": {"max_tokens": 48, "prompts": "letters", "shots": 16, "text": "headline+lead"},
+        "lr": 0.003, "steps": 120, "batch_size": 16, "train_docs": 80,
+        "seeds": [1], "n": 400, "zero_shot": 0.1775, "zero_shot_logprob": -1.7505,
+        "lora": {"accuracy": 0.93, "logprob": -0.2466, "even": 0.885, "odd": 0.915,
+                 "merge": None, "per_seed": [0.93]},
+        "coto": {"accuracy": 0.905, "logprob": -0.4394, "even": 0.9025, "odd": 0.87,
+                 "merge": None, "per_seed": [0.905]},
+    },
+    "f-shots16-headline": {
+        "variant": {"max_tokens": 48, "prompts": "plain", "shots": 16, "text": "headline"},
+        "lr": 0.001, "steps": 120, "batch_size": 16, "train_docs": 80,
+        "seeds": [1], "n": 400, "zero_shot": 0.675, "zero_shot_logprob": -0.9372,
+        "lora": {"accuracy": 0.8075, "logprob": -0.6663, "even": 0.7825, "odd": 0.7975,
+                 "merge": None, "per_seed": [0.8075]},
+        "coto": {"accuracy": 0.82, "logprob": -0.6379, "even": 0.78, "odd": 0.8125,
+                 "merge": None, "per_seed": [0.82]},
+    },
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -171,11 +239,13 @@ def measured_rows(names: Iterable[str] | None = None) -> dict[str, dict[str, Any
     return {n: MEASURED[n] for n in names}
 
 
+PRESET_NAME = "e-shots16-letters"
 DEFAULT_PRESET = Preset(
-    name="tbd",
+    name=PRESET_NAME,
     task="bbc-topic",
-    variant={},
+    variant=MEASURED[PRESET_NAME]["variant"],
     steps=120,
     batch_size=16,
     lr=1e-3,
+    measured=MEASURED[PRESET_NAME],
 )
