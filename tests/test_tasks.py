@@ -120,38 +120,45 @@ needs_bbc = pytest.mark.skipif(
 )
 
 
+# The full-data, plain-prompt, 64-token variant (the default preset is few-shot with letter
+# prompts; see coto_tools/tasks/presets.py).
+FULL = {"max_tokens": 64, "prompts": "plain", "shots": None}
+
+
 @pytest.mark.slow
 @needs_bbc
 def test_bbc_splits() -> None:
-    task = get_task("bbc-topic")
+    task = get_task("bbc-topic", **FULL)
     assert task.labels == ("business", "entertainment", "politics", "sports", "tech")
     assert task.split_sizes() == {"train": 1825, "eval": 400, "quick": 128}
     key = lambda d: (d.cls, d.file)  # noqa: E731
     ev = {key(d) for d in task.documents("eval")}
     assert {key(d) for d in task.documents("quick")} <= ev
     assert not ev & {key(d) for d in task.documents("train")}
-    a, b = get_task("bbc-a"), get_task("bbc-b")
+    a, b = get_task("bbc-a", **FULL), get_task("bbc-b", **FULL)
     assert a.labels == ("business", "politics", "tech") and b.labels == ("entertainment", "sports")
     assert {key(d) for d in a.documents("eval")} | {key(d) for d in b.documents("eval")} == ev
-    few = get_task("bbc-topic", shots=8)
+    few = get_task("bbc-topic", **{**FULL, "shots": 8})
     assert len(few.documents("train")) == 40
     assert np.bincount(few.encoded("train").labels.numpy()).tolist() == [8] * 5
     assert {key(d) for d in few.documents("train")} < {key(d) for d in task.documents("train")}
-    assert get_task("bbc-topic", shots=8, shot_seed=1).documents("train") != few.documents("train")
+    other = get_task("bbc-topic", **{**FULL, "shots": 8, "shot_seed": 1})
+    assert other.documents("train") != few.documents("train")
 
 
 @pytest.mark.slow
 @needs_bbc
 def test_bbc_variants_and_options() -> None:
-    base = get_task("bbc-topic").encoded("quick")
+    base = get_task("bbc-topic", **FULL).encoded("quick")
     assert base.input_ids.shape[1] <= 64
-    assert get_task("bbc-topic").encoded("eval").input_ids.shape[1] == 64  # truncated at 64
-    short = get_task("bbc-topic", text="headline").encoded("quick")
+    assert get_task("bbc-topic", **FULL).encoded("eval").input_ids.shape[1] == 64  # truncated
+    assert get_task("bbc-topic").encoded("eval").input_ids.shape[1] == 48  # the default preset
+    short = get_task("bbc-topic", **{**FULL, "text": "headline"}).encoded("quick")
     assert short.attention_mask.sum() < base.attention_mask.sum() / 2
     assert torch.equal(short.labels, base.labels)
     assert get_task("bbc-topic", max_tokens=32).encoded("quick").input_ids.shape[1] == 32
     plain, letters = (
-        get_task("bbc-topic").prompts()[0],
+        get_task("bbc-topic", prompts="plain").prompts()[0],
         get_task("bbc-topic", prompts="letters").prompts()[0],
     )
     assert plain.shape[0] == letters.shape[0] == 5 and not torch.equal(plain, letters)
@@ -164,7 +171,7 @@ def test_bbc_variants_and_options() -> None:
 @pytest.mark.slow
 @needs_bbc
 def test_bbc_model_targets_and_zero_shot_on_quick() -> None:
-    task = get_task("bbc-topic")
+    task = get_task("bbc-topic", **FULL)
     model = task.build_model()
     assert type(model).__name__ == "BertModel" and not model.training
     assert all(isinstance(model.get_submodule(t), torch.nn.Linear) for t in task.default_targets())
