@@ -9,6 +9,7 @@ import typer
 
 from coto_tools.cli._app import app
 from coto_tools.errors import OptionError, OutputExistsError
+from coto_tools.tasks.presets import preset_for
 from coto_tools.train.config import GroupBy, Method, TrainConfig
 from coto_tools.train.lr import LrSchedule
 from coto_tools.train.schedule import Shape
@@ -22,9 +23,17 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run directory to create (adapter + coto.json)."),
     method: Method = typer.Option(_D.method, "--method", help="coto, or lora (p = 1 throughout)."),
     seed: int = typer.Option(_D.seed, "--seed", help="Seeds init, data order, gates, dropout."),
-    steps: int = typer.Option(_D.steps, "--steps", help="Optimisation steps."),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size"),
-    lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate (AdamW)."),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        help=f"Optimisation steps [default: the task's measured preset, else {_D.steps}].",
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help=f"[default: the task's preset, else {_D.batch_size}]"
+    ),
+    lr: float | None = typer.Option(
+        None, "--lr", help=f"Peak learning rate (AdamW) [default: the preset's, else {_D.lr:g}]."
+    ),
     lr_schedule: LrSchedule = typer.Option(
         _D.lr_schedule, "--lr-schedule", help="After warm-up: constant, or cosine to a floor."
     ),
@@ -60,11 +69,18 @@ def train_cmd(
 
     if out.exists() and not force:  # refuse before spending minutes training
         raise OutputExistsError(f"{out}: output exists; pass --force to overwrite it")
+    variant = {} if shots is None else {"shots": shots}
+    preset = preset_for(task, variant)  # measured steps/batch/lr for the task's default variant
+    steps = steps if steps is not None else (preset.steps if preset else _D.steps)
+    batch_size = (
+        batch_size if batch_size is not None else (preset.batch_size if preset else _D.batch_size)
+    )
+    lr = lr if lr is not None else (preset.lr if preset else _D.lr)
     config = TrainConfig(
         task=task,
         method=method,
         seed=seed,
-        task_variant={} if shots is None else {"shots": shots},
+        task_variant=variant,
         steps=steps,
         batch_size=batch_size,
         lr=lr,
