@@ -16,6 +16,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep the zero-shot cache of ``coto-tools tasks`` out of the user's home."""
     monkeypatch.setenv("COTO_TOOLS_CACHE", str(tmp_path_factory.getbasetemp() / "coto-cache"))

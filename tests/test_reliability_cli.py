@@ -136,7 +136,6 @@ def C(
     return Case(id, tuple(argv.split()), needles, needs, bug)
 
 
-
 TRAIN = "train --task tiny --out {r}/newrun --quiet --threads 1 --steps 2"  # later options win
 DATA = "--base-model {r}/basemodel --data"
 
