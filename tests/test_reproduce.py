@@ -215,3 +215,8 @@ def test_merge_command_gives_the_reported_accuracy(
     rows = json.loads((quick_dir / "merge/merge.json").read_text())["merges"]
     want = next(r for r in rows if r["name"] == name)["accuracy"]
     assert got.group(1) == f"{want:.4f}"
+
+
+def test_a_dir_of_another_preset_is_refused(quick_dir: Path) -> None:
+    with pytest.raises(OptionError, match=r"holds a reproduction of task tiny \(quick=True\)"):
+        reproduce(ReproduceConfig(out=quick_dir, task="tiny", quick=False), progress=False)
