@@ -12,13 +12,39 @@ import torch
 
 from coto_tools.merge.task_arithmetic import stack_weights
 
+_SAMPLE = 1 << 16  # entries sampled to bracket the threshold
+
+
+def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th largest value of 1-D ``flat`` (``1 <= k <= numel``), exactly.
+
+    Equal to ``torch.kthvalue(flat, n - k + 1).values``. For large inputs a strided sample
+    brackets the answer; only the entries inside the bracket are selected from (falls back to
+    the full ``kthvalue`` when the bracket misses, so the result never depends on the sample).
+    """
+    n = flat.numel()
+    pos = n - k + 1  # 1-based position in ascending order
+    if n <= 4 * _SAMPLE:
+        return torch.kthvalue(flat, pos).values
+    sample = flat[:: n // _SAMPLE].sort().values
+    m = sample.numel()
+    centre = pos / n * m
+    slack = 6.0 * (m**0.5) + 2.0
+    lo = sample[max(0, int(centre - slack))]
+    hi = sample[min(m - 1, int(centre + slack))]
+    below = int((flat < lo).sum())
+    inside = flat[(flat >= lo) & (flat <= hi)]
+    if below < pos <= below + inside.numel():
+        return torch.kthvalue(inside, pos - below).values
+    return torch.kthvalue(flat, pos).values
+
 
 def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
     """Boolean mask of the ``k = int(density · numel)`` largest ``|tensor|`` entries.
 
     The same set as ``torch.topk(|t|, k)`` (PEFT's ``magnitude_based_pruning``) whenever the
     k-th largest magnitude is not tied; ties at the threshold are broken by flat index (first
-    kept), so exactly ``k`` entries are kept. Uses ``kthvalue`` (faster than ``topk`` for large k).
+    kept), so exactly ``k`` entries are kept. Uses :func:`kth_largest` (faster than ``topk``).
     """
     flat = tensor.abs().reshape(-1)
     n = flat.numel()
@@ -27,13 +53,13 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
         return torch.ones_like(tensor, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(tensor, dtype=torch.bool)
-    threshold = torch.kthvalue(flat, n - k + 1).values
+    threshold = kth_largest(flat, k)
     above = flat > threshold
     need = k - int(above.sum())
-    tied = torch.nonzero(flat == threshold).reshape(-1)
-    mask = above.clone()
-    mask[tied[:need]] = True
-    return mask.reshape(tensor.shape)
+    if need > 0:
+        tied = torch.nonzero(flat == threshold).reshape(-1)
+        above[tied[:need]] = True
+    return above.reshape(tensor.shape)
 
 
 def magnitude_trim(tensor: torch.Tensor, density: float) -> torch.Tensor:

@@ -3,9 +3,11 @@
 ``ΔW ≈ B @ A`` with ``B: (out, r)``, ``A: (r, in)`` spanning the top-``r`` singular subspace,
 plus the fraction of Frobenius energy kept, ``sum_{j<=r} σ_j² / sum_j σ_j²``. Two routes:
 
-- :func:`truncated_svd` for a dense ΔW: eigen-decomposition of the float32 Gram matrix of the
-  smaller side, refined by one float64 Rayleigh-Ritz step (several times faster than
-  ``torch.linalg.svd`` on CPU for the shapes of LLM projections).
+- :func:`truncated_svd` for a dense ΔW: randomized subspace iteration (Halko, Martinsson & Tropp
+  2011, arXiv 0909.4061) with oversampling, a float64 Rayleigh-Ritz step, and an a-posteriori
+  Wedin bound on the error of the top-``r`` subspace; when the bound is not below
+  :data:`SUBSPACE_TOL` it falls back to the exact route (eigen-decomposition of the float32 Gram
+  matrix of the smaller side, refined by the same float64 Rayleigh-Ritz step).
 - :func:`lowrank_svd` for ΔW given as a product ``B @ A`` of rank R (sums of LoRA deltas): QR of
   both factors and an SVD of the ``R x R`` core, never forming ΔW. Exact.
 
@@ -22,31 +24,104 @@ def _energy(kept: torch.Tensor, total: torch.Tensor) -> float:
     return 1.0 if t <= 0.0 else min(1.0, float(kept) / t)
 
 
-def truncated_svd(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+SUBSPACE_TOL = 1e-6
+"""Accepted bound on ``sin Θ`` between the randomized and the exact top-``r`` singular subspaces."""
+
+
+def _rayleigh_ritz(
+    d: torch.Tensor, q: torch.Tensor, r: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of ``d`` (float64, out >= in) restricted to the right subspace ``q: (in, k)``.
+
+    Returns ``(B, A, s, u)`` with ``B = U_r S_r``, ``A = V_rᵀ``, all Ritz values ``s`` and the
+    left Ritz vectors ``u: (out, k)``.
+    """
+    u, s, vh = torch.linalg.svd(d @ q, full_matrices=False)  # (out, k), (k,), (k, k)
+    return u[:, :r] * s[:r], vh[:r] @ q.T, s, u
+
+
+def _exact_basis(d32: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-``k`` right singular vectors of ``d32: (out, in)`` from ``eigh`` of its Gram matrix."""
+    return torch.linalg.eigh(d32.T @ d32).eigenvectors[:, -k:].to(torch.float64)
+
+
+def _randomized_basis(d32: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """Orthonormal ``(in, k)`` basis of ``(ΔWᵀΔW)^iters ΔWᵀ Ω`` (QR after every product)."""
+    g = torch.Generator().manual_seed(0)  # fixed: same input, same numbers
+    y = d32.T @ torch.randn(d32.shape[0], k, generator=g)
+    q = torch.linalg.qr(y).Q
+    for _ in range(iters):
+        q = torch.linalg.qr(d32 @ q).Q
+        q = torch.linalg.qr(d32.T @ q).Q
+    return q.to(torch.float64)
+
+
+_NORM_SAFETY = 1.5  # power iteration under-estimates a norm: inflate it before using it as a bound
+
+
+def _spectral_norm_estimate(d: torch.Tensor, u: torch.Tensor, steps: int = 4) -> float:
+    """Power-iteration estimate of ``||(I - u uᵀ) d||_2`` (``u`` orthonormal columns)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(d.shape[1], 2, generator=g, dtype=d.dtype)
+    est = 0.0
+    for _ in range(steps):
+        y = d @ x
+        y = y - u @ (u.T @ y)
+        x, rr = torch.linalg.qr(d.T @ y)
+        est = float(torch.linalg.matrix_norm(rr, ord=2)) ** 0.5
+    return est
+
+
+def _wedin_bound(
+    d: torch.Tensor, d32: torch.Tensor, A: torch.Tensor, s: torch.Tensor, u: torch.Tensor, r: int
+) -> float:
+    """Bound on ``sin Θ`` of the top-``r`` subspace found by Rayleigh-Ritz (Wedin 1972).
+
+    Residual ``R = ΔW V_r - U_r S_r`` (the other residual is 0 by construction); the gap uses an
+    upper estimate of the exact ``σ_{r+1}``: ``σ_{r+1}(Ritz) + ||(I - U Uᵀ) ΔW||_2`` (Weyl).
+    """
+    resid = d @ A.T - u[:, :r] * s[:r]
+    above = float(s[r]) if s.numel() > r else 0.0
+    sigma_next = above + _NORM_SAFETY * _spectral_norm_estimate(d32, u.to(torch.float32))
+    gap = float(s[r - 1]) - sigma_next
+    if gap <= 0.0:
+        return float("inf")
+    return float(torch.linalg.matrix_norm(resid, ord=2)) / gap
+
+
+def truncated_svd(
+    delta: torch.Tensor, rank: int, *, iters: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Top-``rank`` factors of a dense ``delta: (out, in)``: ``(A: (r, in), B: (out, r), energy)``.
 
-    ``r = min(rank, out, in)``. The top ``r + 8`` singular directions of the smaller side come
-    from ``eigh`` of the float32 Gram matrix; one Rayleigh-Ritz step in float64 (QR of ``ΔW V``,
-    SVD of the small projected matrix) then gives the SVD restricted to that subspace, accurate
-    to float32 rounding of the top directions. ``B = U_r S_r``, ``A = V_rᵀ`` (PEFT's convention).
+    ``r = min(rank, out, in)``. A basis of ``k = r + max(8, r // 2)`` right singular directions
+    comes from ``iters`` randomized subspace iterations in float32 (Halko et al. 2011, arXiv
+    0909.4061, Alg. 4.4); a float64 Rayleigh-Ritz step gives the SVD restricted to it. The result
+    is kept when the a-posteriori Wedin bound on the top-``r`` subspace angle is below
+    :data:`SUBSPACE_TOL`; otherwise the basis comes from ``eigh`` of the float32 Gram matrix
+    (exact up to float32 rounding of the top directions). ``B = U_r S_r``, ``A = V_rᵀ`` (PEFT's
+    convention).
     """
+    transpose = delta.shape[0] < delta.shape[1]
     d32 = delta.to(torch.float32)
+    if transpose:
+        d32 = d32.T
     out_f, in_f = d32.shape
     r = max(1, min(rank, out_f, in_f))
-    k = min(r + 8, out_f, in_f)
-    d = delta.to(torch.float64)
+    d = d32.to(torch.float64) if delta.dtype != torch.float64 else (delta.T if transpose else delta)
     total = (d * d).sum()
-    if out_f >= in_f:
-        vecs = torch.linalg.eigh(d32.T @ d32).eigenvectors[:, -k:].to(torch.float64)  # (in, k)
-        q, _ = torch.linalg.qr(d @ vecs)  # (out, k): basis of the top left singular space
-        u, s, vh = torch.linalg.svd(q.T @ d, full_matrices=False)  # (k, k), (k,), (k, in)
-        B, A = (q @ u[:, :r]) * s[:r], vh[:r]
-    else:
-        vecs = torch.linalg.eigh(d32 @ d32.T).eigenvectors[:, -k:].to(torch.float64)  # (out, k)
-        q, _ = torch.linalg.qr(d.T @ vecs)  # (in, k): basis of the top right singular space
-        u, s, vh = torch.linalg.svd(d @ q, full_matrices=False)  # (out, k), (k,), (k, k)
-        B, A = u[:, :r] * s[:r], vh[:r] @ q.T
+    k = min(r + max(8, r // 2), in_f)
+    B = A = s = None
+    if k < in_f and iters > 0:
+        B, A, s, u = _rayleigh_ritz(d, _randomized_basis(d32, k, iters), r)
+        if not _wedin_bound(d, d32, A, s, u, r) < SUBSPACE_TOL:
+            B = None
+    if B is None:
+        k = min(r + 8, in_f)
+        B, A, s, _ = _rayleigh_ritz(d, _exact_basis(d32, k), r)
     energy = _energy((s[:r] ** 2).sum(), total)
+    if transpose:
+        A, B = B.T, A.T
     return A.to(torch.float32).contiguous(), B.to(torch.float32).contiguous(), energy
 
 

@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from coto_tools.reproduce.stage import read_json
 from coto_tools.train.config import TrainConfig
 
 # TrainConfig fields -> the train command's flags (task_variant handled separately)
@@ -118,3 +119,64 @@ def lmc_command(
         parts += ["--label", lab]
     parts += ["--points", points, "--space", "both", "--split", split, "--out", out]
     return _q(parts)
+
+
+def rerun_commands(d: Mapping[str, Any]) -> list[str]:
+    """Exact commands (paths relative to where the reproduction was started)."""
+    meta, s, done = d["meta"], d["summaries"], d["done"]
+    out_dir = meta.get("out", str(d["root"]))
+    lines = [f"# everything: {meta.get('command', '')}"]
+    runs = (done.get("train") or {}).get("runs", {})
+    for r in runs.values():
+        rec = d["root"] / r["dir"] / "coto.json"
+        if rec.is_file():
+            lines.append(train_command(read_json(rec)["config"], f"{out_dir}/{r['dir']}"))
+    main = [f"{out_dir}/{r['dir']}" for r in runs.values() if r["role"] == "main"]
+    run_path = {n: f"{out_dir}/{r['dir']}" for n, r in runs.items()}
+    main_spec = task_spec(meta["task"], (meta.get("preset") or {}).get("task_variant") or {})
+    for st in ("merge", "cross"):
+        rows = (s.get(st) or {}).get("merges", [])
+        for row in rows:
+            if st == "cross" and row["eval_task"] != s["cross"]["tasks"][0]:
+                continue  # one merge command per merge, evaluated on the first task
+            spec = main_spec if st == "merge" else row.get("eval_task_spec", row["eval_task"])
+            if st == "cross":
+                other = next(
+                    (
+                        r.get("eval_task_spec", r["eval_task"])
+                        for r in rows
+                        if r["name"] == row["name"] and r["eval_task"] != row["eval_task"]
+                    ),
+                    "",
+                )
+                lines.append(f"# {row['name']}: for the second task rerun with --task {other}")
+            out = f"{out_dir}/{st}/adapters/{row['name']}"
+            runs_in = [run_path[n] for n in row["runs"]]
+            lines.append(merge_command(runs_in, row, out, spec, s[st]["split"]))
+    if "prune" in s:
+        lines.append(prune_command(main, s["prune"]["split"], f"{out_dir}/prune"))
+    if "shapley" in s:
+        lines.append(
+            shapley_command(main, s["shapley"], f"{out_dir}/shapley")
+            + "  # per-run outputs go to each run's shapley/"
+        )
+    if "lmc" in s and "pairs" in s["lmc"]:
+        by_seed = {
+            (r["method"], int(r["seed"])): run_path[n]
+            for n, r in runs.items()
+            if r["role"] == "main"
+        }
+        pairs = [
+            (by_seed[(p["method"], p["seeds"][0])], by_seed[(p["method"], p["seeds"][1])])
+            for p in s["lmc"]["pairs"]
+        ]
+        lines.append(
+            lmc_command(
+                pairs,
+                [p["label"] for p in s["lmc"]["pairs"]],
+                s["lmc"]["points"],
+                s["lmc"]["split"],
+                f"{out_dir}/lmc",
+            )
+        )
+    return lines
