@@ -193,3 +193,32 @@ def test_bad_worker_setup_is_a_clear_error() -> None:
         assert ev.value({}).n == 32
     finally:
         ev.close()
+
+
+def test_reproduce_stages_on_ray_equal_local(tmp_path: Path) -> None:
+    """``reproduce --executor ray``: pruning, Shapley and LMC evaluated by Ray workers give the
+    numbers of the local run (training and merging stay in the driver)."""
+    import json
+    import shutil
+
+    from coto_tools.reproduce import ReproduceConfig, reproduce
+
+    local = tmp_path / "local"
+    reproduce(ReproduceConfig(out=local, task="tiny", quick=True), progress=False)
+    remote = tmp_path / "remote"
+    shutil.copytree(local, remote)
+    stages = ("prune", "shapley", "lmc")
+    for stage in stages:
+        (remote / stage / "done.json").unlink()  # recomputed below, on the workers
+    result = reproduce(
+        ReproduceConfig(out=remote, task="tiny", quick=True, executor=RAY), progress=False
+    )
+    assert (result.trained, result.stages_run) == (0, len(stages))
+    claims = [
+        json.loads((d / "claims.json").read_text())["runs"][0]["claims"] for d in (local, remote)
+    ]
+    assert claims[0] == claims[1]
+    for stage in stages:
+        for f in sorted((local / stage).glob("*.csv")):
+            mine = (remote / stage / f.name).read_text().replace(str(remote), str(local))
+            assert f.read_text() == mine, f"{stage}/{f.name}"  # the same but for run paths

@@ -9,7 +9,9 @@ import torch
 import typer
 
 from coto_tools.cli._app import app
+from coto_tools.cli.shapley import EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
+from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind
 
 
 @app.command("reproduce")
@@ -26,6 +28,9 @@ def reproduce_cmd(
     force: bool = typer.Option(False, "--force", help="Retrain and recompute everything."),
     quiet: bool = typer.Option(False, "--quiet", help="No stage lines or progress bars."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    executor: ExecutorKind = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    workers: int | None = WORKERS,
 ) -> None:
     """Train LoRA and CoTo adapters alike, then generalisation, merging (same-task and
     cross-task), pruning, Shapley and LMC; write report.html, report.md and claims.json.
@@ -38,7 +43,16 @@ def reproduce_cmd(
         raise OptionError(f"--threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
-    config = ReproduceConfig(out=out, task=task, seeds=seeds, quick=quick, steps=steps, force=force)
+    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
+    config = ReproduceConfig(
+        out=out,
+        task=task,
+        seeds=seeds,
+        quick=quick,
+        steps=steps,
+        force=force,
+        executor=None if run_on.is_local else run_on,
+    )
     result = reproduce(config, progress=not quiet)
     typer.echo(
         f"{result.report}: {result.trained} run(s) trained, {result.stages_run} stage(s) run, "

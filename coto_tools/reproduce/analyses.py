@@ -68,7 +68,7 @@ def prune_stage(
         out=work,
         force=True,
     )
-    result = run_prune(pc, progress=progress)
+    result = run_prune(pc, progress=progress, executor=config.executor)
     counters["evaluations"] += sum(2 + len(c.strategies) for c in result.checkpoints)
     write_outputs(result, work)
     rows = []
@@ -138,7 +138,9 @@ def shapley_stage(
     rows = []
     for i, r in enumerate(rs, 1):
         say(f"shapley {i}/{len(rs)}: {r.name}", progress=progress)
-        res = shapley_run(r.dir, replace(sc, out=work / r.name), progress=progress)
+        res = shapley_run(
+            r.dir, replace(sc, out=work / r.name), progress=progress, executor=config.executor
+        )
         counters["evaluations"] += int(res.summary["evaluations_computed"])
         results.append(res)
         p = res.primary
@@ -219,7 +221,7 @@ def lmc_stage(
         out=work,
         force=True,
     )
-    run = run_lmc(lc, progress=progress)
+    run = run_lmc(lc, progress=progress, executor=config.executor)
     counters["evaluations"] += int(run.evaluations)
     write_outputs(run)
     rows = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coto_tools.errors import OptionError
+from coto_tools.runtime.executor import ExecutorConfig
 from coto_tools.train.config import Method, TrainConfig
 
 METHODS = (Method.lora, Method.coto)
@@ -201,6 +202,9 @@ class ReproduceConfig:
     steps: int | None = None
     cross_tasks: tuple[TaskSpec, ...] | None = None
     force: bool = False
+    # Where pruning, Shapley and LMC evaluate (None: locally). Not part of any stage's key:
+    # a Ray run gives the local run's numbers.
+    executor: ExecutorConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
