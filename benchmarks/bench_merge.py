@@ -195,7 +195,11 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch threads in each child (0: default)"
     )
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--make-inputs", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make_inputs:
+        make_inputs(Path(args.make_inputs), args.layers)
+        return
     if args.child:
         kind, space, out, *inputs = args.child
         if args.threads > 0:
@@ -208,15 +212,18 @@ def main() -> None:
             res = child_peft(space, inputs, out, args.layers)
         print(json.dumps(res))
         return
-    try:
-        import peft  # noqa: F401
+    import importlib.util
 
-        have_peft = not args.no_peft
-    except ImportError:
-        have_peft = False
+    have_peft = not args.no_peft and importlib.util.find_spec("peft") is not None
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as tmp:
         root = Path(tmp)
-        inputs = make_inputs(root, args.layers)
+        # Inputs are built in their own process: a child's ru_maxrss starts from its parent's
+        # RSS at fork, so the parent must not have imported torch or held the tensors.
+        subprocess.run(
+            [sys.executable, __file__, "--make-inputs", str(root), "--layers", str(args.layers)],
+            check=True,
+        )
+        inputs = [root / "a", root / "b"]
         print(
             f"2 adapters: {args.layers} layers x 7 projections (hidden {HIDDEN}, intermediate "
             f"{INTER}), r={RANK}, float32; TIES density {DENSITY}, weights 1,1; torch threads "
@@ -244,9 +251,11 @@ def main() -> None:
                 f"{p['base_build_s']:.1f} s excluded), peak RSS {p['peak_mb']:.0f} MB (after "
                 f"imports {p['baseline_mb']:.0f} MB, with base model {p['after_base_mb']:.0f} MB)"
             )
+            print(f"[{space}] PEFT process {p['process_s']:.1f} s (incl. base build and imports)")
             print(
                 f"[{space}] ratios: PEFT/coto time {p['wall_s'] / c['wall_s']:.1f}x "
-                f"(merge call only: {p['merge_only_s'] / c['wall_s']:.2f}x), "
+                f"(merge call only: {p['merge_only_s'] / c['wall_s']:.2f}x; whole processes: "
+                f"{p['process_s'] / c['process_s']:.2f}x), "
                 f"coto/PEFT peak RSS {c['peak_mb'] / p['peak_mb']:.3f}"
             )
             print(f"[{space}] outputs: {compare(ours, pdir / 'm', space)}", flush=True)

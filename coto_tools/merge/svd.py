@@ -36,6 +36,7 @@ def _rayleigh_ritz(
     Returns ``(B, A, s, u)`` with ``B = U_r S_r``, ``A = V_rᵀ``, all Ritz values ``s`` and the
     left Ritz vectors ``u: (out, k)``.
     """
+    q = torch.linalg.qr(q).Q  # orthonormal to float64 rounding
     u, s, vh = torch.linalg.svd(d @ q, full_matrices=False)  # (out, k), (k,), (k, k)
     return u[:, :r] * s[:r], vh[:r] @ q.T, s, u
 
