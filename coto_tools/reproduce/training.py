@@ -16,6 +16,7 @@ from typing import Any
 from coto_tools.errors import OptionError
 from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig, TaskSpec, run_name
 from coto_tools.reproduce.stage import Stage, run_fingerprint, say
+from coto_tools.tasks import Task, get_task, task_spec
 from coto_tools.train import TrainConfig, read_record, save_run
 from coto_tools.train import loop as train_loop
 
@@ -136,9 +137,15 @@ def train_stage(
         f"{preset.steps} steps, batch {preset.batch_size}, lr {preset.lr:g}",
         progress=progress,
     )
+    tasks: dict[
+        str, Task
+    ] = {}  # one task object per task and variant: data read and tokenised once
     for i, (name, cfg) in enumerate(todo, 1):
         say(f"train {i}/{len(todo)}: {name}", progress=progress)
-        result = train_loop.train(cfg, progress=progress)
+        spec = task_spec(cfg.task, dict(cfg.task_variant))
+        if spec not in tasks:
+            tasks[spec] = get_task(cfg.task, **dict(cfg.task_variant))
+        result = train_loop.train(cfg, task=tasks[spec], progress=progress)
         counters["trained"] += 1
         save_run(result, stage.dir / name, force=True)
     runs = {name: _run_of(name, stage.dir / name, role) for name, role, _ in plan}
