@@ -196,7 +196,12 @@ def main() -> None:
     )
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--make-inputs", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.compare:
+        ours, theirs, space = args.compare
+        print(compare(Path(ours), Path(theirs), space))
+        return
     if args.make_inputs:
         make_inputs(Path(args.make_inputs), args.layers)
         return
@@ -258,7 +263,14 @@ def main() -> None:
                 f"{p['process_s'] / c['process_s']:.2f}x), "
                 f"coto/PEFT peak RSS {c['peak_mb'] / p['peak_mb']:.3f}"
             )
-            print(f"[{space}] outputs: {compare(ours, pdir / 'm', space)}", flush=True)
+            # compared in a child too: importing torch here would raise later children's RSS
+            cmp = subprocess.run(
+                [sys.executable, __file__, "--compare", str(ours), str(pdir / "m"), space],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            print(f"[{space}] outputs: {cmp.stdout.strip()}", flush=True)
     print("rerun: python benchmarks/bench_merge.py " + " ".join(sys.argv[1:]))
 
 

@@ -215,6 +215,27 @@ def merge_adapters(
             f"note: one input: merged linearly, as PEFT does for {cfg.method.value} in factor space"
         )
     gen = torch.Generator().manual_seed(cfg.seed)
+    threads = torch.get_num_threads()
+    if cfg.space is MergeSpace.FACTOR:
+        # factors are small (r x in, out x r): intra-op threads only add synchronisation, which
+        # costs a lot on a loaded machine; restored below
+        torch.set_num_threads(1)
+    try:
+        return _merge_loop(sources, order, cfg, run_cfg, gen, notes, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _merge_loop(
+    sources: list[_Source],
+    order: list[str],
+    cfg: MergeConfig,
+    run_cfg: MergeConfig,
+    gen: torch.Generator,
+    notes: list[str],
+    progress: bool,
+) -> MergeResult:
+    assert cfg.weights is not None and cfg.space is not None
     out: dict[str, LoraModule] = {}
     partial: dict[str, list[str]] = {}
     energy: dict[str, float] = {}

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from coto_tools.merge.task_arithmetic import stack_weights
 
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 _SAMPLE = 1 << 16  # entries sampled to bracket the threshold
 
 
 def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k``-th largest value of 1-D ``flat`` (``1 <= k <= numel``), exactly.
 
-    Equal to ``torch.kthvalue(flat, n - k + 1).values``. For large inputs a strided sample
+    Equal to ``torch.kthvalue(flat, n - k + 1).values``. CPU float tensors use numpy's
+    ``partition`` (introselect). Otherwise, for large inputs a strided sample
     brackets the answer; only the entries inside the bracket are selected from (falls back to
     the full ``kthvalue`` when the bracket misses, so the result never depends on the sample).
     """
     n = flat.numel()
     pos = n - k + 1  # 1-based position in ascending order
+    if flat.device.type == "cpu" and flat.dtype in _NUMPY_DTYPES:
+        # introselect: several times faster than torch.kthvalue on CPU, same value
+        picked = np.partition(flat.detach().numpy(), pos - 1)[pos - 1]
+        return torch.tensor(picked, dtype=flat.dtype)
     if n <= 4 * _SAMPLE:
         return torch.kthvalue(flat, pos).values
     sample = flat[:: n // _SAMPLE].sort().values

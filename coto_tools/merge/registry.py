@@ -18,7 +18,7 @@ from coto_tools.merge.knots import knots
 from coto_tools.merge.magnitude import magnitude_prune
 from coto_tools.merge.svd import lowrank_svd, truncated_svd
 from coto_tools.merge.task_arithmetic import task_arithmetic
-from coto_tools.merge.ties import ties
+from coto_tools.merge.ties import ties, ties_consuming
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,12 @@ def _dense(fn: ElementwiseFn) -> DeltaFn:
     return run
 
 
+def _ties_delta(parts: ModuleParts, cfg: MergeConfig, rank: int, g: torch.Generator) -> _Out:
+    """TIES on ``w_i ΔW_i`` without ``(n, out, in)`` stacks, then truncated SVD."""
+    merged = ties_consuming(parts.deltas(), _density(cfg), cfg.majority_sign)
+    return truncated_svd(merged, rank)
+
+
 def _weighted_sum(parts: ModuleParts, cfg: MergeConfig, rank: int, g: torch.Generator) -> _Out:
     """``sum_i w_i ΔW_i`` re-factored by an exact SVD of the concatenated factors."""
     A, B = cat(parts.As, parts.Bs, parts.weights, parts.scalings)
@@ -127,7 +133,7 @@ class MethodSpec:
 REGISTRY: dict[MergeMethod, MethodSpec] = {
     MergeMethod.LINEAR: MethodSpec(_linear, _weighted_sum),
     MergeMethod.TASK_ARITHMETIC: MethodSpec(_linear, _weighted_sum),
-    MergeMethod.TIES: MethodSpec(_ties, _dense(_ties)),
+    MergeMethod.TIES: MethodSpec(_ties, _ties_delta),
     MergeMethod.DARE_LINEAR: MethodSpec(_dare_linear, _dense(_dare_linear)),
     MergeMethod.DARE_TIES: MethodSpec(_dare_ties, _dense(_dare_ties)),
     MergeMethod.MAGNITUDE_PRUNE: MethodSpec(_magnitude, _dense(_magnitude)),

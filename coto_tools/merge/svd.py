@@ -110,16 +110,18 @@ def truncated_svd(
     out_f, in_f = d32.shape
     r = max(1, min(rank, out_f, in_f))
     d = d32.to(torch.float64) if delta.dtype != torch.float64 else (delta.T if transpose else delta)
-    total = (d * d).sum()
+    total = torch.linalg.vector_norm(d).square()
     k = min(r + max(8, r // 2), in_f)
-    B = A = s = None
+    found = None
     if k < in_f and iters > 0:
         B, A, s, u = _rayleigh_ritz(d, _randomized_basis(d32, k, iters), r)
-        if not _wedin_bound(d, d32, A, s, u, r) < SUBSPACE_TOL:
-            B = None
-    if B is None:
+        if _wedin_bound(d, d32, A, s, u, r) < SUBSPACE_TOL:
+            found = (B, A, s)
+    if found is None:  # the randomized subspace is not certified: the exact method
         k = min(r + 8, in_f)
         B, A, s, _ = _rayleigh_ritz(d, _exact_basis(d32, k), r)
+        found = (B, A, s)
+    B, A, s = found
     energy = _energy((s[:r] ** 2).sum(), total)
     if transpose:
         A, B = B.T, A.T

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from coto_tools.merge.config import MajoritySign
-from coto_tools.merge.magnitude import magnitude_trim
+from coto_tools.merge.magnitude import magnitude_mask, magnitude_trim
 from coto_tools.merge.task_arithmetic import stack_weights
 
 
@@ -48,3 +48,32 @@ def ties(
     mask = majority_sign_mask(trimmed, majority_sign)  # 2. elect sign
     weighted = trimmed * stack_weights(trimmed, weights)
     return disjoint_merge(weighted, mask)  # 3. disjoint merge
+
+
+def ties_consuming(
+    tensors: list[torch.Tensor],
+    density: float,
+    majority_sign: MajoritySign = MajoritySign.TOTAL,
+) -> torch.Tensor:
+    """:func:`ties` with unit weights, in place: overwrites (and frees) ``tensors``.
+
+    Memory-lean variant for delta space (dense ΔW's of LLM projections): no ``(n, ...)``
+    stacks, about ``n + 2`` tensors of one shape alive at once. The same numbers as :func:`ties`
+    for two tasks; for more, the per-entry sums may round differently.
+    """
+    for t in tensors:
+        if density < 1.0:
+            t.mul_(magnitude_mask(t, density))  # 1. trim
+    acc = torch.zeros_like(tensors[0])
+    for t in tensors:  # 2. elect sign
+        acc.add_(t if majority_sign is MajoritySign.TOTAL else t.sign())
+    positive = acc >= 0
+    acc.zero_()
+    count = torch.zeros_like(acc)
+    while tensors:  # 3. disjoint merge
+        t = tensors.pop(0)
+        agree = torch.where(positive, t > 0, t < 0)
+        acc.add_(t.mul_(agree))
+        count.add_(agree)
+        del t, agree
+    return acc.div_(count.clamp_(min=1))
