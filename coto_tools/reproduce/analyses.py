@@ -47,9 +47,7 @@ def prune_stage(
     rs = main_runs(runs)
     key = {"split": preset.split, "strategies": list(DEFAULT_STRATEGIES), "inputs": _inputs(rs)}
     stage = Stage(config.out, "prune", key)
-    if (rec := stage.done()) is not None and not config.force:
-        say("prune: finished earlier, skipped", progress=progress)
-        counters["stages_skipped"] += 1
+    if (rec := stage.reused(force=config.force, progress=progress, counters=counters)) is not None:
         return rec
     work = stage.start()
     say(
@@ -124,9 +122,7 @@ def shapley_stage(
         "inputs": _inputs(rs),
     }
     stage = Stage(config.out, "shapley", key)
-    if (rec := stage.done()) is not None and not config.force:
-        say("shapley: finished earlier, skipped", progress=progress)
-        counters["stages_skipped"] += 1
+    if (rec := stage.reused(force=config.force, progress=progress, counters=counters)) is not None:
         return rec
     work = stage.start(fresh=config.force)
     say(
@@ -197,9 +193,7 @@ def lmc_stage(
     pairs = lmc_pairs(rs)
     key = {"points": preset.lmc_points, "split": preset.analysis_split, "inputs": _inputs(rs)}
     stage = Stage(config.out, "lmc", key)
-    if (rec := stage.done()) is not None and not config.force:
-        say("lmc: finished earlier, skipped", progress=progress)
-        counters["stages_skipped"] += 1
+    if (rec := stage.reused(force=config.force, progress=progress, counters=counters)) is not None:
         return rec
     work = stage.start()
     if not pairs:

@@ -166,9 +166,7 @@ def merge_stage(
         "inputs": {n: r.fingerprint for n, r in runs.items() if r.role == "main"},
     }
     stage = Stage(config.out, "merge", key)
-    if (rec := stage.done()) is not None and not config.force:
-        say("merge: finished earlier, skipped", progress=progress)
-        counters["stages_skipped"] += 1
+    if (rec := stage.reused(force=config.force, progress=progress, counters=counters)) is not None:
         return rec
     work = stage.start()
     say(f"merge: {len(plan)} same-task merges on the {preset.split} split", progress=progress)
@@ -219,9 +217,7 @@ def cross_stage(
             "inputs": {n: r.fingerprint for n, r in runs.items() if r.role != "main"},
         }
     stage = Stage(config.out, "cross", key)
-    if (rec := stage.done()) is not None and not config.force:
-        say("cross: finished earlier, skipped", progress=progress)
-        counters["stages_skipped"] += 1
+    if (rec := stage.reused(force=config.force, progress=progress, counters=counters)) is not None:
         return rec
     work = stage.start()
     if preset.cross_tasks is None:

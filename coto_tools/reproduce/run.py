@@ -64,9 +64,7 @@ def single_stage(
     rs = main_runs(runs)
     key = {"split": preset.split, "inputs": {r.name: r.fingerprint for r in rs}}
     stage = Stage(config.out, "single", key)
-    if (rec := stage.done()) is not None and not config.force:
-        say("single: finished earlier, skipped", progress=progress)
-        counters["stages_skipped"] += 1
+    if (rec := stage.reused(force=config.force, progress=progress, counters=counters)) is not None:
         return rec
     work = stage.start()
     say("single: single-task accuracy of each adapter (from training records)", progress=progress)

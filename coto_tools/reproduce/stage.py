@@ -74,6 +74,16 @@ class Stage:
         self.work = self.dir if in_place else self.root / f".{name}.partial"
         self._t0 = 0.0
 
+    def reused(
+        self, *, force: bool, progress: bool, counters: dict[str, int]
+    ) -> dict[str, Any] | None:
+        """The finished record to reuse (said and counted as skipped), or ``None`` to run it."""
+        rec = None if force else self.done()
+        if rec is not None:
+            say(f"{self.name}: finished earlier, skipped", progress=progress)
+            counters["stages_skipped"] += 1
+        return rec
+
     def done(self) -> dict[str, Any] | None:
         """The stage's ``done.json`` if it is finished with this key, else ``None``."""
         f = self.dir / DONE_FILE
