@@ -2,7 +2,9 @@
 
 Shapes: ``--layers`` (default 16) layers x 7 projections (q, k, v, o: 2048x2048; gate, up:
 2048->5632; down: 5632->2048), rank 16, alpha 32, float32. Measured, each in a fresh
-subprocess (peak RSS = the child's ``ru_maxrss``; ``baseline`` = RSS after imports):
+subprocess (peak RSS = the child's ``ru_maxrss``; ``baseline`` = RSS after imports; CPU = user +
+system time of the measured region, ``time.process_time``, all threads; the better guide on a
+loaded machine):
 
 - coto-tools, factor space (PEFT ``ties``) and delta space (PEFT ``ties_svd``, rank 32):
   ``merge_files`` = open + stream + merge + save. No base model.
@@ -79,12 +81,13 @@ def child_coto(space: str, inputs: list[str], out: str) -> dict:
 
     base = _rss_mb()
     cfg = MergeConfig(method="ties", weights=(1.0, 1.0), density=DENSITY, space=space)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = merge_files(inputs, cfg, out)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     energy = res.report.energy_kept
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "baseline_mb": base,
         "peak_mb": _rss_mb(),
         "min_energy": min(energy.values()) if energy else None,
@@ -136,24 +139,25 @@ def child_peft(space: str, inputs: list[str], out: str, layers: int) -> dict:
     model = _peft_base(layers)
     t_base = time.perf_counter() - t0
     base_model_rss = _rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pm = PeftModel.from_pretrained(model, inputs[0], adapter_name="a")
     pm.load_adapter(inputs[1], adapter_name="b")
-    t_load = time.perf_counter() - t0
+    t_load, c_load = time.perf_counter() - t0, time.process_time() - c0
     kw = {"density": DENSITY, "majority_sign_method": "total"}
     ctype = "ties" if space == "factor" else "ties_svd"
     if space == "delta":
         kw["svd_rank"] = 2 * RANK
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm.add_weighted_adapter(["a", "b"], [1.0, 1.0], "m", combination_type=ctype, **kw)
-    t_merge = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_merge, c_merge = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     pm.save_pretrained(out, selected_adapters=["m"])
-    t_save = time.perf_counter() - t0
+    t_save, c_save = time.perf_counter() - t0, time.process_time() - c0
     return {
         "wall_s": t_load + t_merge + t_save,
+        "cpu_s": c_load + c_merge + c_save,
         "merge_only_s": t_merge,
         "load_s": t_load,
         "save_s": t_save,
@@ -239,7 +243,8 @@ def main() -> None:
             argv = ["--layers", str(args.layers), "--threads", str(args.threads)]
             c = _run_child_layers(["coto", space, str(ours), *map(str, inputs)], argv)
             line = (
-                f"[{space}] coto-tools: {c['wall_s']:.2f} s (process {c['process_s']:.1f} s), "
+                f"[{space}] coto-tools: {c['wall_s']:.2f} s, CPU {c['cpu_s']:.2f} s (process "
+                f"{c['process_s']:.1f} s, CPU {c['process_cpu_s']:.1f} s), "
                 f"peak RSS {c['peak_mb']:.0f} MB (after imports {c['baseline_mb']:.0f} MB)"
             )
             if c["min_energy"] is not None:
@@ -251,14 +256,19 @@ def main() -> None:
             pdir = root / f"peft-{space}"
             p = _run_child_layers(["peft", space, str(pdir), *map(str, inputs)], argv)
             print(
-                f"[{space}] PEFT add_weighted_adapter: {p['wall_s']:.2f} s (load {p['load_s']:.2f}"
+                f"[{space}] PEFT add_weighted_adapter: {p['wall_s']:.2f} s, CPU {p['cpu_s']:.2f} s "
+                f"(load {p['load_s']:.2f}"
                 f" + merge {p['merge_only_s']:.2f} + save {p['save_s']:.2f}; base build "
                 f"{p['base_build_s']:.1f} s excluded), peak RSS {p['peak_mb']:.0f} MB (after "
                 f"imports {p['baseline_mb']:.0f} MB, with base model {p['after_base_mb']:.0f} MB)"
             )
-            print(f"[{space}] PEFT process {p['process_s']:.1f} s (incl. base build and imports)")
             print(
-                f"[{space}] ratios: PEFT/coto time {p['wall_s'] / c['wall_s']:.1f}x "
+                f"[{space}] PEFT process {p['process_s']:.1f} s, CPU {p['process_cpu_s']:.1f} s "
+                "(incl. base build and imports)"
+            )
+            print(
+                f"[{space}] ratios: PEFT/coto time {p['wall_s'] / c['wall_s']:.1f}x, CPU time "
+                f"{p['cpu_s'] / c['cpu_s']:.1f}x "
                 f"(merge call only: {p['merge_only_s'] / c['wall_s']:.2f}x; whole processes: "
                 f"{p['process_s'] / c['process_s']:.2f}x), "
                 f"coto/PEFT peak RSS {c['peak_mb'] / p['peak_mb']:.3f}"
@@ -274,8 +284,13 @@ def main() -> None:
     print("rerun: python benchmarks/bench_merge.py " + " ".join(sys.argv[1:]))
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _run_child_layers(child: list[str], extra: list[str]) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(
         [sys.executable, __file__, *extra, "--child", *child],
         capture_output=True,
@@ -286,6 +301,7 @@ def _run_child_layers(child: list[str], extra: list[str]) -> dict:
         raise RuntimeError(f"child {child[0]} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_s"] = time.perf_counter() - t0
+    out["process_cpu_s"] = _children_cpu() - c0
     return out
 
 

@@ -149,6 +149,7 @@ def test_ray_evaluator_interface(runs: dict[str, Path]) -> None:
             local.value_mask(players, m) for m in masks
         ]
         assert ev.n_forward == 3 and ev.workers == 2
+        assert ev.devices == ["cpu", "cpu"]  # no GPU in this cluster: actors evaluate on CPU
         assert ev.key({}) == local.key({}) and ev.branches == local.branches
         assert ev.value({}) == local.value({})
         assert np.array_equal(ev.labels, local.labels.numpy())
@@ -174,6 +175,10 @@ def test_cli_prune_with_ray(
     assert code == 0, err
     for name in ("prune.csv", "prune_curves.csv", "prune_auc.csv"):
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+    gpu = [*common, "--out", str(tmp_path / "gpu"), *ray_args, "--device", "cuda"]
+    code, _, err = run_cli(gpu, capsys)
+    assert code == 2 and "--device cuda with --executor ray: the Ray cluster has no GPUs" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_bad_worker_setup_is_a_clear_error() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,20 +132,46 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu().clone(memory_format=torch.contiguous_format)
 
 
+def _writable(seen: set[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """For writing only: ``t`` itself when it is a plain CPU tensor owning all of a storage not
+    seen before, else :func:`_plain` (safetensors refuses tensors that share storage)."""
+
+    def get(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if (
+            t.device.type == "cpu"
+            and t.is_contiguous()
+            and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+            and t.untyped_storage().data_ptr() not in seen
+        ):
+            seen.add(t.untyped_storage().data_ptr())
+            return t
+        return _plain(t)
+
+    return get
+
+
 def state_dict(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
     """PEFT's saved key names: ``base_model.model.<module>.lora_A.weight``; modules_to_save
-    tensors as ``base_model.model.<module>.<param>``."""
+    tensors as ``base_model.model.<module>.<param>``. The tensors are copies."""
+    return _state_dict(adapter, _plain)
+
+
+def _state_dict(
+    adapter: LoraAdapter, plain: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, m in adapter.modules.items():
-        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = _plain(m.A)
-        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = _plain(m.B)
+        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = plain(m.A)
+        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = plain(m.B)
     for key, t in modules_to_save_state_dict(adapter).items():
         full = f"{PEFT_PREFIX}{key}"
         if full in out:
             raise CheckpointError(
                 f"{adapter.source}: modules_to_save tensor {key} clashes with LoRA"
             )
-        out[full] = _plain(t)
+        out[full] = plain(t)
     return out
 
 
@@ -168,7 +194,7 @@ def save_adapter(
 
     path = Path(path)
     cfg = peft_config(adapter, base_model=base_model, extra=extra_config)
-    tensors = state_dict(adapter)
+    tensors = _state_dict(adapter, _writable(set()))  # written, not kept: no copies needed
     if path.suffix == ".safetensors":
         if extra_files:
             raise CheckpointError(f"{path}: extra files need a directory output, not a bare file")

@@ -10,7 +10,8 @@ import typer
 from coto_tools.adapters.players import Grouping
 from coto_tools.cli._app import app
 from coto_tools.errors import OptionError
-from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind
+from coto_tools.runtime.device import device_scope
+from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind, local_device
 from coto_tools.shapley.registry import Estimator
 from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, Split
 from coto_tools.tasks import options as user_opts
@@ -31,6 +32,12 @@ RAY_ADDRESS = typer.Option(
 )
 WORKERS = typer.Option(
     None, "--workers", help="Ray actors (default: one per GPU, else one per CPU)."
+)
+DEVICE = typer.Option(
+    "auto",
+    "--device",
+    help="auto (cuda when available, else cpu), cpu, cuda or cuda:N. With --executor ray: "
+    "auto/cuda give each worker one GPU of the cluster (cuda:N is refused), cpu uses none.",
 )
 
 
@@ -92,6 +99,7 @@ def shapley_cmd(
     executor: ExecutorKind = EXECUTOR,
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
+    device: str = DEVICE,
 ) -> None:
     """Shapley values of adapters: v(S) = task metric with only the adapters of players S on.
 
@@ -123,13 +131,14 @@ def shapley_cmd(
         out=None if several else out,
         force=force,
     )
-    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
+    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers, device=device)
     if threads:
         torch.set_num_threads(threads)
-    if several:
-        runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
-    else:
-        runs = [shapley_run(checkpoints[0], config, progress=not quiet, executor=run_on)]
+    with device_scope(local_device(run_on)):  # local evaluators follow --device
+        if several:
+            runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
+        else:
+            runs = [shapley_run(checkpoints[0], config, progress=not quiet, executor=run_on)]
     for r in runs:
         p, s = r.primary, r.summary
         typer.echo(

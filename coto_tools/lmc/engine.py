@@ -20,6 +20,7 @@ from torch import nn
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.errors import OptionError
 from coto_tools.lmc.space import Space, check_compatible, delta_gates, interpolate_factors
+from coto_tools.runtime.device import DeviceLike
 from coto_tools.runtime.evaluator import Evaluator
 from coto_tools.tasks.base import SPLITS, Metrics, Task
 
@@ -28,11 +29,18 @@ class PointEvaluator:
     """Metrics of weighted combinations of ``adapters`` (name -> adapter) on ``task``'s ``split``.
 
     ``value(space, {name: weight})``; names left out have weight 0, so ``value(space, {})`` is
-    the base model. Results are cached by ``(space, non-zero weights)``.
+    the base model. Results are cached by ``(space, non-zero weights)``. ``device``: where the
+    models run (see :class:`~coto_tools.runtime.evaluator.Evaluator`; the factor-space model
+    follows the delta-space one).
     """
 
     def __init__(
-        self, task: Task, adapters: Mapping[str, LoraAdapter], *, split: str = "eval"
+        self,
+        task: Task,
+        adapters: Mapping[str, LoraAdapter],
+        *,
+        split: str = "eval",
+        device: DeviceLike | None = None,
     ) -> None:
         if split not in SPLITS:
             raise OptionError(f"split {split!r}: allowed {', '.join(SPLITS)}")
@@ -41,7 +49,7 @@ class PointEvaluator:
         self.task = task
         self.split = split
         self.adapters = dict(adapters)
-        self.evaluator = Evaluator(task, self.adapters, split=split)
+        self.evaluator = Evaluator(task, self.adapters, split=split, device=device)
         self._factor_model: nn.Module | None = None
         self._cache: dict[Any, Metrics] = {}
         self.evaluations = 0
@@ -87,7 +95,13 @@ class PointEvaluator:
             return self.evaluator.value({})
         if self._factor_model is None:
             self._factor_model = self.task.build_model()
-        ev = Evaluator(self.task, point, split=self.split, model=self._factor_model)
+        ev = Evaluator(
+            self.task,
+            point,
+            split=self.split,
+            model=self._factor_model,
+            device=self.evaluator.device,
+        )
         try:
             return ev.value(dict.fromkeys(point.modules, 1.0))
         finally:

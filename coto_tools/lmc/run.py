@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +187,16 @@ def load_checkpoints(config: LmcConfig) -> list[Loaded]:
     return out
 
 
-def resolve_task(config: LmcConfig, loaded: Sequence[Loaded]) -> Task:
-    """The task: ``--task``, else the one every ``coto.json`` names (they must agree)."""
-    from coto_tools.tasks import get_task
+def resolve_task(
+    config: LmcConfig, loaded: Sequence[Loaded], get_task: Callable[..., Task] | None = None
+) -> Task:
+    """The task: ``--task``, else the one every ``coto.json`` names (they must agree);
+    ``get_task``: how a task is made (default :func:`coto_tools.tasks.get_task`)."""
+    from coto_tools.tasks import get_task as default_get_task
 
+    make = default_get_task if get_task is None else get_task
     if config.task is not None:
-        return get_task(config.task)
+        return make(config.task)
     no_rec = [str(c.path) for c in loaded if c.record is None]
     if no_rec:
         raise TaskError(f"no {RUN_FILE} in {', '.join(no_rec)}: pass --task to name the task")
@@ -203,7 +208,7 @@ def resolve_task(config: LmcConfig, loaded: Sequence[Loaded]) -> Task:
             f"the checkpoints' tasks differ ({desc}); pass --task to evaluate on one task"
         )
     rec = recs[str(loaded[0].path)]
-    return get_task(rec["task"], **rec["task_variant"])
+    return make(rec["task"], **rec["task_variant"])
 
 
 def _labels(config: LmcConfig, by_path: dict[Path, Loaded]) -> list[str]:
@@ -234,12 +239,18 @@ def check_outputs(config: LmcConfig) -> None:
 
 
 def run_lmc(
-    config: LmcConfig, *, progress: bool = False, executor: ExecutorConfig | None = None
+    config: LmcConfig,
+    *,
+    progress: bool = False,
+    executor: ExecutorConfig | None = None,
+    get_task: Callable[..., Task] | None = None,
 ) -> LmcRun:
     """Load, validate (tasks, shapes, ranks, outputs), then evaluate every curve on one model.
 
     ``executor`` (not local): points are evaluated on a Ray cluster; every point is listed
-    first (a dry run), evaluated in one parallel batch, then traced from the caches."""
+    first (a dry run), evaluated in one parallel batch, then traced from the caches.
+    ``get_task``: how the task is made (default :func:`coto_tools.tasks.get_task`; a caller
+    holding built tasks passes its own so their tokenised splits are reused)."""
     remote = executor is not None and not executor.is_local
     check_outputs(config)
     loaded = load_checkpoints(config)
@@ -247,7 +258,7 @@ def run_lmc(
     for g in config.groups:  # shapes (and ranks for factor space) before any model is built
         for space in config.spaces:
             check_compatible([by_path[p].adapter for p in g], space)
-    task = resolve_task(config, loaded)
+    task = resolve_task(config, loaded, get_task)
     labels = _labels(config, by_path)
     if config.mode is Mode.plane:
         trio = [by_path[p] for p in config.groups[0]]
@@ -407,8 +418,9 @@ def summary(run: LmcRun) -> dict[str, Any]:
     return out
 
 
-def write_outputs(run: LmcRun) -> list[Path]:
-    """Write the run's files into its output directory, each atomically."""
+def write_outputs(run: LmcRun, *, figure: bool = True) -> list[Path]:
+    """Write the run's files into its output directory, each atomically (the figure,
+    ``lmc.png`` or ``lmc_plane.png``, only with ``figure``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -425,16 +437,19 @@ def write_outputs(run: LmcRun) -> list[Path]:
         written.append(
             atomic_write_text(out / "lmc_plane.csv", _csv(run.plane.rows(), fields), force=force)
         )
-        fig = plot_plane(run.plane)
+        draw: Callable[[], Any] = partial(plot_plane, run.plane)  # drawn only if written
         png = out / "lmc_plane.png"
     else:
         rows = [row for i, r in enumerate(run.results) for row in r.rows(i)]
         fields = ["pair", "label", "kind", "space", "a", *CSV_METRICS]
         written.append(atomic_write_text(out / "lmc.csv", _csv(rows, fields), force=force))
-        fig = plot_paths(run.results)
+        draw = partial(plot_paths, run.results)
         png = out / "lmc.png"
     text = json.dumps(summary(run), indent=2, allow_nan=False) + "\n"
     written.append(atomic_write_text(out / "lmc.json", text, force=force))
+    if not figure:
+        return written
+    fig = draw()
     try:
         with atomic_path(png, force=force) as tmp:
             fig.savefig(tmp, format="png", dpi=130)

@@ -1,7 +1,8 @@
 """Merging LoRA adapters module by module, streaming from disk; no base model is loaded.
 
-Memory holds the output plus one module of each input at a time: inputs are opened with
-:func:`~coto_tools.adapters.open_checkpoint` (header only) and read with ``.module(name)``.
+Memory holds the output plus a batch of modules of each input at a time (about
+:data:`READ_BATCH_BYTES` of factors): inputs are opened with
+:func:`~coto_tools.adapters.open_checkpoint` (header only) and read with ``.modules(names)``.
 """
 
 from __future__ import annotations
@@ -60,10 +61,16 @@ class _Source:
         m = self.item.modules[module]
         return m.rank, m.in_features, m.out_features
 
-    def module(self, module: str) -> LoraModule:
+    def modules(self, modules: list[str]) -> dict[str, LoraModule]:
+        if not modules:
+            return {}
         if isinstance(self.item, AdapterCheckpoint):
-            return self.item.module(module)
-        return self.item.modules[module]
+            return self.item.modules(modules)
+        return {m: self.item.modules[m] for m in modules}
+
+    def nbytes(self, module: str) -> int:
+        r, i, o = self.shape(module)
+        return 4 * r * (i + o)
 
     def extras(self) -> dict[str, torch.Tensor]:
         if isinstance(self.item, AdapterCheckpoint):
@@ -226,6 +233,21 @@ def merge_adapters(
         torch.set_num_threads(threads)
 
 
+READ_BATCH_BYTES = 16 << 20
+"""Factor bytes (all inputs together, counted as float32) read per batch of modules."""
+
+
+def _next_batch(sources: list[_Source], order: list[str], start: int) -> int:
+    """End of the batch of modules ``order[start:end]`` read together (at least one module)."""
+    total, end = 0, start
+    while end < len(order):
+        total += sum(s.nbytes(order[end]) for s in sources if order[end] in s)
+        if total > READ_BATCH_BYTES and end > start:
+            break
+        end += 1
+    return end
+
+
 def _merge_loop(
     sources: list[_Source],
     order: list[str],
@@ -240,13 +262,21 @@ def _merge_loop(
     partial: dict[str, list[str]] = {}
     energy: dict[str, float] = {}
     capped: list[str] = []
-    for module in tqdm(
-        order, desc="merge", unit="module", disable=None if progress else True, file=sys.stderr
+    loaded: list[dict[str, LoraModule]] = [{} for _ in sources]
+    next_read = 0
+    for pos, module in enumerate(
+        tqdm(
+            order, desc="merge", unit="module", disable=None if progress else True, file=sys.stderr
+        )
     ):
+        if pos == next_read:  # read the next modules of every input, one file opening each
+            next_read = _next_batch(sources, order, pos)
+            for s, got in zip(sources, loaded, strict=True):
+                got.update(s.modules([m for m in order[pos:next_read] if m in s]))
         idx = [i for i, s in enumerate(sources) if module in s]
         if len(idx) < len(sources):
             partial[module] = [sources[i].name for i in idx]
-        mods = [sources[i].module(module) for i in idx]
+        mods = [loaded[i].pop(module) for i in idx]
         weights = [cfg.weights[i] for i in idx]
         if cfg.space is MergeSpace.FACTOR:
             out[module] = _factor_merge(mods, weights, run_cfg, gen)

@@ -18,7 +18,7 @@ from coto_tools.merge.knots import knots
 from coto_tools.merge.magnitude import magnitude_prune
 from coto_tools.merge.svd import lowrank_svd, truncated_svd
 from coto_tools.merge.task_arithmetic import task_arithmetic
-from coto_tools.merge.ties import ties, ties_consuming
+from coto_tools.merge.ties import ties, ties_lowrank
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,9 @@ def _dense(fn: ElementwiseFn) -> DeltaFn:
 
 
 def _ties_delta(parts: ModuleParts, cfg: MergeConfig, rank: int, g: torch.Generator) -> _Out:
-    """TIES on ``w_i ΔW_i`` without ``(n, out, in)`` stacks, then truncated SVD."""
-    merged = ties_consuming(parts.deltas(), _density(cfg), cfg.majority_sign)
+    """TIES on ``w_i ΔW_i`` without forming the ``ΔW_i`` (row chunks), then truncated SVD."""
+    coefs = [w * s for s, w in zip(parts.scalings, parts.weights, strict=True)]
+    merged = ties_lowrank(parts.As, parts.Bs, coefs, _density(cfg), cfg.majority_sign)
     return truncated_svd(merged, rank)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 
-def _energy(kept: torch.Tensor, total: torch.Tensor) -> float:
+def _energy(kept: torch.Tensor, total: torch.Tensor | float) -> float:
     t = float(total)
     return 1.0 if t <= 0.0 else min(1.0, float(kept) / t)
 
@@ -28,16 +28,54 @@ SUBSPACE_TOL = 1e-6
 """Accepted bound on ``sin Θ`` between the randomized and the exact top-``r`` singular subspaces."""
 
 
+_CHUNK = 1 << 16  # entries of ``d`` upcast to float64 at a time
+
+
+def _mm64(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``d.double() @ x`` (``x`` float64) without a float64 copy of the whole ``d``.
+
+    ``d`` is float64 (used as is) or float32, possibly a transposed view; it is upcast one block
+    of rows of its storage at a time, so the extra memory is one block, not ``d``'s size.
+    """
+    if d.dtype == torch.float64:
+        return d @ x
+    if not d.is_contiguous() and d.T.is_contiguous():  # a transposed view: d @ x = Σ Mⱼᵀ xⱼ
+        m = d.T
+        step = max(1, _CHUNK // max(1, m.shape[1]))
+        out = torch.zeros(d.shape[0], x.shape[1], dtype=torch.float64)
+        for r in range(0, m.shape[0], step):
+            out.addmm_(m[r : r + step].to(torch.float64).T, x[r : r + step])
+        return out
+    d = d.contiguous()
+    step = max(1, _CHUNK // max(1, d.shape[1]))
+    out = torch.empty(d.shape[0], x.shape[1], dtype=torch.float64)
+    for r in range(0, d.shape[0], step):
+        torch.matmul(d[r : r + step].to(torch.float64), x, out=out[r : r + step])
+    return out
+
+
+def _sq_norm64(d: torch.Tensor) -> float:
+    """``||d||_F²`` accumulated in float64, one block at a time."""
+    if d.dtype == torch.float64:
+        return float(torch.linalg.vector_norm(d).square())
+    m = d if d.is_contiguous() else d.T if d.T.is_contiguous() else d.contiguous()
+    flat = m.reshape(-1)
+    return sum(
+        float(flat[i : i + _CHUNK].to(torch.float64).square().sum())
+        for i in range(0, flat.numel(), _CHUNK)
+    )
+
+
 def _rayleigh_ritz(
     d: torch.Tensor, q: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD of ``d`` (float64, out >= in) restricted to the right subspace ``q: (in, k)``.
+    """SVD of ``d`` (out >= in; products in float64) restricted to the right subspace ``q``.
 
-    Returns ``(B, A, s, u)`` with ``B = U_r S_r``, ``A = V_rᵀ``, all Ritz values ``s`` and the
-    left Ritz vectors ``u: (out, k)``.
+    ``q: (in, k)``. Returns ``(B, A, s, u)`` with ``B = U_r S_r``, ``A = V_rᵀ``, all Ritz values
+    ``s`` and the left Ritz vectors ``u: (out, k)``.
     """
     q = torch.linalg.qr(q).Q  # orthonormal to float64 rounding
-    u, s, vh = torch.linalg.svd(d @ q, full_matrices=False)  # (out, k), (k,), (k, k)
+    u, s, vh = torch.linalg.svd(_mm64(d, q), full_matrices=False)  # (out, k), (k,), (k, k)
     return u[:, :r] * s[:r], vh[:r] @ q.T, s, u
 
 
@@ -81,7 +119,7 @@ def _wedin_bound(
     Residual ``R = ΔW V_r - U_r S_r`` (the other residual is 0 by construction); the gap uses an
     upper estimate of the exact ``σ_{r+1}``: ``σ_{r+1}(Ritz) + ||(I - U Uᵀ) ΔW||_2`` (Weyl).
     """
-    resid = d @ A.T - u[:, :r] * s[:r]
+    resid = _mm64(d, A.T) - u[:, :r] * s[:r]
     above = float(s[r]) if s.numel() > r else 0.0
     sigma_next = above + _NORM_SAFETY * _spectral_norm_estimate(d32, u.to(torch.float32))
     gap = float(s[r - 1]) - sigma_next
@@ -109,8 +147,9 @@ def truncated_svd(
         d32 = d32.T
     out_f, in_f = d32.shape
     r = max(1, min(rank, out_f, in_f))
-    d = d32.to(torch.float64) if delta.dtype != torch.float64 else (delta.T if transpose else delta)
-    total = torch.linalg.vector_norm(d).square()
+    # float64 products read d32 block by block (no float64 copy of ΔW); float64 input as is
+    d = d32 if delta.dtype != torch.float64 else (delta.T if transpose else delta)
+    total = _sq_norm64(d)
     k = min(r + max(8, r // 2), in_f)
     found = None
     if k < in_f and iters > 0:

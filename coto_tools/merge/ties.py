@@ -9,8 +9,10 @@ space coto-tools folds the weights into the task vectors first, so the election 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from coto_tools.merge.config import MajoritySign
@@ -44,10 +46,46 @@ def ties(
     majority_sign: MajoritySign = MajoritySign.TOTAL,
 ) -> torch.Tensor:
     """TIES merge of same-shaped tensors, weights ``(n,)``: trim -> elect sign -> disjoint merge."""
-    trimmed = torch.stack([magnitude_trim(t, density) for t in tensors], dim=0)  # 1. trim
-    mask = majority_sign_mask(trimmed, majority_sign)  # 2. elect sign
-    weighted = trimmed * stack_weights(trimmed, weights)
-    return disjoint_merge(weighted, mask)  # 3. disjoint merge
+    trimmed = [magnitude_trim(t, density) for t in tensors]  # 1. trim
+    if not trimmed[0].is_floating_point() or (
+        torch.promote_types(trimmed[0].dtype, weights.dtype) != trimmed[0].dtype
+    ):
+        stacked = torch.stack(trimmed, dim=0)
+        mask = majority_sign_mask(stacked, majority_sign)  # 2. elect sign
+        weighted = stacked * stack_weights(stacked, weights)
+        return disjoint_merge(weighted, mask)  # 3. disjoint merge
+    # The same numbers with float-only ops (boolean masks are slow on CPU): with the elected
+    # sign e = ±1, task i agrees where τ̂_i·e > 0, so max(τ̂_i·e, 0) is |τ̂_i| there and 0
+    # elsewhere; its signs count the agreeing tasks, and e·Σ_i w_i·max(τ̂_i·e, 0) is the sum of
+    # their w_i τ̂_i exactly (rounding is symmetric in sign). Sums over tasks whose order can
+    # matter keep PEFT's (a stack summed over dim 0).
+    if majority_sign is MajoritySign.TOTAL:
+        votes = _task_sum(trimmed)
+    else:
+        votes = _exact_sum([t.sign() for t in trimmed])
+    e = votes.sign_().add_(0.5).sign_()  # 2. elect sign: +1 where the vote is >= 0, else -1
+    agree = [t.mul(e).clamp_(min=0) for t in trimmed]
+    count = _exact_sum([a.sign() for a in agree]).clamp_(min=1)
+    w = weights.tolist()
+    total = _task_sum([a.mul_(wi) for a, wi in zip(agree, w, strict=True)])
+    return total.mul_(e).div_(count)  # 3. disjoint merge
+
+
+def _exact_sum(ts: list[torch.Tensor]) -> torch.Tensor:
+    """A new tensor ``Σ ts`` for small integers (exact in any order)."""
+    out = ts[0].clone()
+    for t in ts[1:]:
+        out.add_(t)
+    return out
+
+
+def _task_sum(ts: list[torch.Tensor]) -> torch.Tensor:
+    """A new tensor ``Σ ts`` rounded as ``torch.stack(ts).sum(0)`` (one addition for two)."""
+    if len(ts) == 1:
+        return ts[0].clone()
+    if len(ts) == 2:
+        return ts[0] + ts[1]
+    return torch.stack(ts, dim=0).sum(dim=0)
 
 
 def ties_consuming(
@@ -77,3 +115,104 @@ def ties_consuming(
         count.add_(agree)
         del t, agree
     return acc.div_(count.clamp_(min=1))
+
+
+CHUNK_ELEMENTS = 1 << 16
+"""Entries per row chunk of :func:`ties_lowrank` (256 KiB of float32 per task and temporary)."""
+
+
+def _delta_rows(b: torch.Tensor, a: torch.Tensor, coef: float, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``coef · B @ A`` (float32 factors), always computed the same way."""
+    return coef * (b[r0:r1] @ a)
+
+
+class _Trim:
+    """One task's trimming rule: keep ``|x| > cut``; while ``need`` > 0 (the k-th largest
+    magnitude ``t`` is tied with entries that are dropped), also the first ``need`` entries equal
+    to ``t``, by flat index, as :func:`~coto_tools.merge.magnitude.magnitude_mask` does."""
+
+    def __init__(self, buf: torch.Tensor, k: int) -> None:
+        """From the whole ``buf`` (destroyed: abs, then partitioned in place, no copy)."""
+        if k <= 0:
+            self.t, self.cut, self.need = math.inf, math.inf, 0
+            return
+        flat = buf.abs_().reshape(-1).numpy()
+        pos = flat.size - k  # 0-based position of the k-th largest in ascending order
+        flat.partition(pos)
+        t = flat[pos]
+        self.t = float(t)
+        self.need = 0
+        if pos == 0 or flat[:pos].max() < t:  # no dropped entry ties with t: keep |x| >= t
+            self.cut = float(np.nextafter(t, np.array(-np.inf, dtype=t.dtype)))
+        else:
+            self.cut = self.t
+            self.need = k - int(np.count_nonzero(flat[pos + 1 :] > t))
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (rows in flat order, chunk after chunk) with the dropped entries zeroed."""
+        mag = t.abs()
+        if self.need == 0:  # float-only: threshold, then the signs back (±0 where dropped)
+            return torch.copysign(torch.nn.functional.threshold(mag, self.cut, 0.0), t)
+        keep = mag > self.t
+        tied = torch.nonzero(mag.reshape(-1) == self.t).reshape(-1)[: self.need]
+        keep.reshape(-1)[tied] = True
+        self.need -= tied.numel()
+        return t.mul_(keep)
+
+
+def ties_lowrank(
+    As: Sequence[torch.Tensor],
+    Bs: Sequence[torch.Tensor],
+    coefs: Sequence[float],
+    density: float,
+    majority_sign: MajoritySign = MajoritySign.TOTAL,
+    *,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """:func:`ties_consuming` of the deltas ``c_i · B_i @ A_i`` without holding them: ``(out, in)``.
+
+    The same numbers as ``ties_consuming([c_i * (B_i @ A_i) ...])`` with float32 factors, in one
+    float32 ``(out, in)`` buffer plus row chunks: each task's magnitude threshold needs its
+    whole ``|ΔW_i|`` once (computed into the buffer and partitioned in place), then the sign
+    election and disjoint merge run on row chunks, recomputing ``c_i · B_i[rows] @ A_i`` (cheap:
+    the rank is small) and writing the merged rows into the same buffer. ``chunk_rows`` defaults
+    to :data:`CHUNK_ELEMENTS` entries per chunk. Float-only ops: with the elected sign
+    ``e = ±1``, ``max(τ̂_i·e, 0)`` is ``|τ̂_i|`` where task i agrees and 0 elsewhere; its sum
+    times ``e`` is the sum of the agreeing entries (exactly), its signs count them.
+    """
+    a32 = [a.to(torch.float32) for a in As]
+    b32 = [b.to(torch.float32) for b in Bs]
+    out_f, in_f = b32[0].shape[0], a32[0].shape[1]
+    step = chunk_rows if chunk_rows is not None else max(1, CHUNK_ELEMENTS // max(1, in_f))
+    chunks = [(r, min(r + step, out_f)) for r in range(0, out_f, step)]
+    buf = torch.empty(out_f, in_f, dtype=torch.float32)
+    n = buf.numel()
+    k = int(density * n)
+    trims: list[_Trim] | None = None
+    if density < 1.0 and k < n:  # 1. trim: thresholds of the whole |ΔW_i|
+        trims = []
+        for a, b, c in zip(a32, b32, coefs, strict=True):
+            if k > 0:
+                for r0, r1 in chunks:
+                    buf[r0:r1] = _delta_rows(b, a, c, r0, r1)
+            trims.append(_Trim(buf, k))
+    total = majority_sign is MajoritySign.TOTAL
+    one = torch.ones((), dtype=torch.float32)
+    for r0, r1 in chunks:
+        ts = []
+        for i, (a, b, c) in enumerate(zip(a32, b32, coefs, strict=True)):
+            t = _delta_rows(b, a, c, r0, r1)
+            ts.append(trims[i].apply(t) if trims is not None else t)
+        acc = buf[r0:r1]  # 2. elect sign (merged rows are written in place of the buffer)
+        acc.zero_()
+        for t in ts:
+            acc.add_(t if total else t.sign())
+        e = torch.copysign(one, acc)  # +1 where the vote is >= 0 (acc is never -0.0)
+        acc.zero_()
+        count = torch.zeros_like(acc)
+        for t in ts:  # 3. disjoint merge
+            agree = t.mul_(e).clamp_(min=0)
+            acc.add_(agree)
+            count.add_(agree.sign_())
+        acc.mul_(e).div_(count.clamp_(min=1))
+    return buf

@@ -202,15 +202,22 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def resolve_task(name: str | None, path: Path, rec: Mapping[str, Any] | None) -> Task:
-    """``--task`` if given, else the task ``coto.json`` names."""
-    from coto_tools.tasks import get_task
+def resolve_task(
+    name: str | None,
+    path: Path,
+    rec: Mapping[str, Any] | None,
+    get_task: Callable[..., Task] | None = None,
+) -> Task:
+    """``--task`` if given, else the task ``coto.json`` names; ``get_task``: how a task is made
+    from its name and options (default :func:`coto_tools.tasks.get_task`)."""
+    from coto_tools.tasks import get_task as default_get_task
 
+    make = default_get_task if get_task is None else get_task
     if name is not None:
-        return get_task(name)
+        return make(name)
     if rec is None or "task" not in rec:
         raise TaskError(f"{path}: no {RUN_FILE} naming its task; pass --task")
-    return get_task(str(rec["task"]), **dict(rec.get("task_variant") or {}))
+    return make(str(rec["task"]), **dict(rec.get("task_variant") or {}))
 
 
 def resolve_task_spec(name: str | None, path: Path, rec: Mapping[str, Any] | None) -> str:
@@ -243,6 +250,7 @@ def prune_checkpoint(
     factory: EvaluatorFactory = default_evaluator,
     progress: bool = False,
     executor: ExecutorConfig | None = None,
+    get_task: Callable[..., Task] | None = None,
 ) -> CheckpointResult:
     """Strategies, sweeps and the rank sweep of ``config.checkpoints[index]``.
 
@@ -253,7 +261,7 @@ def prune_checkpoint(
     rec = read_record(path)
     label = config.labels[index] if config.labels else str((rec or {}).get("method", "adapter"))
     adapter = load_adapter(path)
-    task = resolve_task(config.task, path, rec)
+    task = resolve_task(config.task, path, rec, get_task)
     names = adapter.names
     shapley = None
     if config.shapley:
@@ -352,13 +360,19 @@ def run_prune(
     factory: EvaluatorFactory = default_evaluator,
     progress: bool = False,
     executor: ExecutorConfig | None = None,
+    get_task: Callable[..., Task] | None = None,
 ) -> PruneResult:
-    """Every checkpoint of ``config`` (see :func:`prune_checkpoint`); checks inputs first."""
+    """Every checkpoint of ``config`` (see :func:`prune_checkpoint`); checks inputs first.
+    ``factory``: the evaluator of each checkpoint (closed after it, if it has ``close``);
+    ``get_task``: how tasks are made (default :func:`coto_tools.tasks.get_task`; a caller
+    holding built tasks passes its own so their tokenised splits are reused)."""
     missing = [str(p) for p in config.checkpoints if not p.exists()]
     if missing:
         raise CheckpointError(f"no such checkpoint(s): {', '.join(missing)}")
     out = [
-        prune_checkpoint(config, i, factory=factory, progress=progress, executor=executor)
+        prune_checkpoint(
+            config, i, factory=factory, progress=progress, executor=executor, get_task=get_task
+        )
         for i in range(len(config.checkpoints))
     ]
     tasks = sorted({c.task for c in out})

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from coto_tools.errors import CotoError
 from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig
 from coto_tools.reproduce.stage import Stage, say, write_json
 from coto_tools.reproduce.training import Run
+from coto_tools.reproduce.workbench import BranchView, Workbench
 
 
 def main_runs(runs: Mapping[str, Run]) -> list[Run]:
@@ -32,6 +34,20 @@ def _metrics(m: Any) -> dict[str, float]:
     return dict(m.as_dict())
 
 
+def _local(config: ReproduceConfig) -> bool:
+    return config.executor is None or config.executor.is_local
+
+
+def runs_evaluator(bench: Workbench, config: ReproduceConfig, rs: Sequence[Run], split: str) -> Any:
+    """The workbench's evaluator holding every main run as a branch named after it, on the main
+    task's ``split`` (shared by Shapley and pruning: see :mod:`~coto_tools.reproduce.workbench`)."""
+    from coto_tools.adapters import load_adapter
+
+    spec = rs[0].task  # what the runs were trained on (coto.json)
+    task = bench.get_task(spec.name, **dict(spec.variant))
+    return bench.runs_evaluator(task, {r.name: load_adapter(r.dir) for r in rs}, split)
+
+
 # -- pruning ------------------------------------------------------------------------------------
 def prune_stage(
     config: ReproduceConfig,
@@ -40,6 +56,7 @@ def prune_stage(
     *,
     progress: bool,
     counters: dict[str, int],
+    bench: Workbench | None = None,
 ) -> dict[str, Any]:
     """The paper's eight structured-pruning strategies on every main run (``prune/``)."""
     from coto_tools.prune import DEFAULT_STRATEGIES, PruneConfig, run_prune, write_outputs
@@ -66,7 +83,18 @@ def prune_stage(
         out=work,
         force=True,
     )
-    result = run_prune(pc, progress=progress, executor=config.executor)
+    kw: dict[str, Any] = {}
+    if bench is not None and _local(config):
+        shared = runs_evaluator(bench, config, rs, preset.split)
+
+        def factory(task: Any, branches: Mapping[str, Any], split: str) -> BranchView:
+            # each checkpoint's evaluator: its branch of the shared one (found by its weights)
+            if task is not shared.task or split != shared.split or set(branches) != {"default"}:
+                raise CotoError(f"prune: no shared evaluator for {task.name} {split} {branches}")
+            return BranchView(shared, bench.branch_of(shared, branches["default"]))
+
+        kw = {"factory": factory, "get_task": bench.get_task}
+    result = run_prune(pc, progress=progress, executor=config.executor, **kw)
     counters["evaluations"] += sum(2 + len(c.strategies) for c in result.checkpoints)
     write_outputs(result, work)
     rows = []
@@ -96,6 +124,7 @@ def shapley_stage(
     *,
     progress: bool,
     counters: dict[str, int],
+    bench: Workbench | None = None,
 ) -> dict[str, Any]:
     """Shapley values of every main run's players (``shapley/<run>/``) and the heatmaps of LoRA
     beside CoTo on one colour scale. An interrupted stage resumes from each run's evaluation
@@ -134,8 +163,17 @@ def shapley_stage(
     rows = []
     for i, r in enumerate(rs, 1):
         say(f"shapley {i}/{len(rs)}: {r.name}", progress=progress)
+        kw: dict[str, Any] = {}
+        if bench is not None and _local(config):
+            shared = runs_evaluator(bench, config, rs, sc.split.value)
+            kw = {"evaluator": shared, "branch": r.name}
         res = shapley_run(
-            r.dir, replace(sc, out=work / r.name), progress=progress, executor=config.executor
+            r.dir,
+            replace(sc, out=work / r.name),
+            progress=progress,
+            executor=config.executor,
+            figures=False,  # the stage draws the runs side by side (write_comparison)
+            **kw,
         )
         counters["evaluations"] += int(res.summary["evaluations_computed"])
         results.append(res)
@@ -185,6 +223,7 @@ def lmc_stage(
     *,
     progress: bool,
     counters: dict[str, int],
+    bench: Workbench | None = None,
 ) -> dict[str, Any]:
     """LMC paths and barriers between seeds, in delta and factor space (``lmc/``)."""
     from coto_tools.lmc.run import LmcConfig, run_lmc, write_outputs
@@ -215,9 +254,12 @@ def lmc_stage(
         out=work,
         force=True,
     )
-    run = run_lmc(lc, progress=progress, executor=config.executor)
+    if bench is not None:
+        bench.close_runs_evaluator()  # Shapley and pruning are done with it
+    get = bench.get_task if bench is not None else None
+    run = run_lmc(lc, progress=progress, executor=config.executor, get_task=get)
     counters["evaluations"] += int(run.evaluations)
-    write_outputs(run)
+    write_outputs(run, figure=False)  # the stage draws its own (lmc_side_by_side.png)
     rows = []
     for (a, b), res in zip(pairs, run.results, strict=True):
         bars = res.barriers()

@@ -23,6 +23,7 @@ from coto_tools.reproduce.commands import task_spec
 from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig, TaskSpec
 from coto_tools.reproduce.stage import Stage, say, write_json
 from coto_tools.reproduce.training import Run
+from coto_tools.reproduce.workbench import Workbench
 from coto_tools.tasks.base import Metrics
 
 RATIOS: dict[str, tuple[int, ...]] = {"1:2": (1, 2), "1:1": (1, 1), "1:1:1": (1, 1, 1)}
@@ -64,12 +65,12 @@ def evaluate_adapters(
     progress: bool,
     counters: dict[str, int],
     desc: str,
+    bench: Workbench | None = None,
 ) -> dict[str, Metrics]:
-    """Metrics of each adapter alone (all its modules at gate 1) on ``task``'s ``split``."""
-    from coto_tools.runtime.evaluator import Evaluator
-    from coto_tools.tasks import get_task
-
-    ev = Evaluator(get_task(task.name, **dict(task.variant)), dict(adapters), split=split)
+    """Metrics of each adapter alone (all its modules at gate 1) on ``task``'s ``split`` (on
+    ``bench``'s shared task and base model)."""
+    bench = Workbench() if bench is None else bench
+    ev = bench.evaluator(bench.get_task(task.name, **dict(task.variant)), adapters, split)
     try:
         out = {}
         for name in tqdm(
@@ -157,6 +158,7 @@ def merge_stage(
     *,
     progress: bool,
     counters: dict[str, int],
+    bench: Workbench | None = None,
 ) -> dict[str, Any]:
     """Same-task merges; writes ``merge/merge.json`` (+ figure). Returns the summary."""
     plan = same_task_plan(runs, preset.seeds)
@@ -185,6 +187,7 @@ def merge_stage(
             progress=progress,
             counters=counters,
             desc="merge",
+            bench=bench,
         )
         rows = [_row(s, metrics[s.name]) for s in plan]
     summary = {"split": preset.split, "singles": singles, "merges": rows}
@@ -203,6 +206,7 @@ def cross_stage(
     *,
     progress: bool,
     counters: dict[str, int],
+    bench: Workbench | None = None,
 ) -> dict[str, Any]:
     """Cross-task merges evaluated on both tasks; writes ``cross/cross.json`` (+ figure), or a
     ``skipped`` record with the reason when the preset has no cross tasks."""
@@ -238,6 +242,7 @@ def cross_stage(
             progress=progress,
             counters=counters,
             desc=f"cross on {t.label}",
+            bench=bench,
         )
         for s in plan:
             own = runs[s.runs[i]].metrics

@@ -2,8 +2,10 @@
 analysis of the CoTo paper (arXiv 2506.05713) on them, and write the report.
 
 Stages (each in ``DIR/<stage>/``, skipped on a rerun when finished with the same inputs):
-train, single, merge, cross, prune, shapley, lmc; then ``report.html``, ``report.md`` and
-``claims.json`` in ``DIR`` (rebuilt on every call from the stages' outputs; cheap).
+train, single, merge, cross, shapley, prune, lmc (sharing tasks, base models and evaluations
+through a :class:`~coto_tools.reproduce.workbench.Workbench`); then ``report.html``,
+``report.md`` and ``claims.json`` in ``DIR`` (rebuilt on every call from the stages' outputs;
+cheap).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from coto_tools.reproduce.merging import cross_stage, merge_stage
 from coto_tools.reproduce.report import META_FILE, build_report
 from coto_tools.reproduce.stage import Stage, read_json, say, write_json
 from coto_tools.reproduce.training import Run, train_stage
+from coto_tools.reproduce.workbench import Workbench
 
 META_FORMAT = "coto-tools/reproduce"
 
@@ -58,6 +61,7 @@ def single_stage(
     *,
     progress: bool,
     counters: dict[str, int],
+    bench: Workbench | None = None,
 ) -> dict[str, Any]:
     """Single-task accuracy and log-probability of every main run, and zero-shot (all measured
     by the trainer on the preset's split: no new evaluation)."""
@@ -119,10 +123,18 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceRes
     write_json(meta_path, meta)
     counters = {"trained": 0, "evaluations": 0, "stages_run": 0, "stages_skipped": 0}
     say(f"{config.task}: {preset.name} preset, {preset.seeds} seed(s) -> {out}", progress=progress)
-    kw: dict[str, Any] = {"progress": progress, "counters": counters}
-    runs = train_stage(config, preset, **kw)
-    for stage_fn in (single_stage, merge_stage, cross_stage, prune_stage, shapley_stage, lmc_stage):
-        stage_fn(config, preset, runs, **kw)
+    bench = Workbench()  # tasks, base models and evaluations shared by the stages
+    kw: dict[str, Any] = {"progress": progress, "counters": counters, "bench": bench}
+    try:
+        runs = train_stage(config, preset, **kw)
+        # Shapley before pruning: the layer coalitions pruning needs (all, none, everyother,
+        # low, middle, high) are then already in the shared evaluator's cache
+        for stage_fn in (
+            single_stage, merge_stage, cross_stage, shapley_stage, prune_stage, lmc_stage
+        ):  # fmt: skip
+            stage_fn(config, preset, runs, **kw)
+    finally:
+        bench.close()
     wall = time.perf_counter() - t0
     meta |= {
         "wall_time_s": round(wall, 2),

@@ -16,7 +16,7 @@ from typing import Any
 from coto_tools.errors import OptionError
 from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig, TaskSpec, run_name
 from coto_tools.reproduce.stage import Stage, run_fingerprint, say
-from coto_tools.tasks import Task, get_task, task_spec
+from coto_tools.reproduce.workbench import Workbench
 from coto_tools.train import TrainConfig, read_record, save_run
 from coto_tools.train import loop as train_loop
 
@@ -119,9 +119,16 @@ def _run_of(name: str, run_dir: Path, role: str) -> Run:
 
 
 def train_stage(
-    config: ReproduceConfig, preset: Preset, *, progress: bool, counters: dict[str, int]
+    config: ReproduceConfig,
+    preset: Preset,
+    *,
+    progress: bool,
+    counters: dict[str, int],
+    bench: Workbench | None = None,
 ) -> dict[str, Run]:
-    """Train (or reuse) every planned run; returns ``{run name: Run}``."""
+    """Train (or reuse) every planned run; returns ``{run name: Run}``. The runs of one task
+    share its task object, base model and zero-shot metrics (``bench``; see
+    :mod:`~coto_tools.reproduce.workbench`)."""
     plan = planned_runs(config, preset)
     key = {"runs": {name: cfg.as_dict() for name, _, cfg in plan}}
     stage = Stage(config.out, "train", key, in_place=True)
@@ -137,15 +144,18 @@ def train_stage(
         f"{preset.steps} steps, batch {preset.batch_size}, lr {preset.lr:g}",
         progress=progress,
     )
-    tasks: dict[
-        str, Task
-    ] = {}  # one task object per task and variant: data read and tokenised once
+    bench = Workbench() if bench is None else bench
     for i, (name, cfg) in enumerate(todo, 1):
         say(f"train {i}/{len(todo)}: {name}", progress=progress)
-        spec = task_spec(cfg.task, dict(cfg.task_variant))
-        if spec not in tasks:
-            tasks[spec] = get_task(cfg.task, **dict(cfg.task_variant))
-        result = train_loop.train(cfg, task=tasks[spec], progress=progress)
+        task = bench.get_task(cfg.task, **dict(cfg.task_variant))
+        result = train_loop.train(
+            cfg,
+            task=task,
+            model=bench.model(task),
+            zero_shot=bench.zero_shot(task, cfg.eval_split),
+            progress=progress,
+        )
+        bench.record_zero_shot(task, cfg.eval_split, result.zero_shot)
         counters["trained"] += 1
         save_run(result, stage.dir / name, force=True)
     runs = {name: _run_of(name, stage.dir / name, role) for name, role, _ in plan}

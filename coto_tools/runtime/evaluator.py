@@ -12,6 +12,12 @@ Evaluation is one deterministic pass over the split (``task.batches(split, batch
 (the tuple of all branch gates in a fixed order); :attr:`Evaluator.n_forward` counts real
 evaluations and :attr:`Evaluator.n_cache_hits` cache hits.
 
+Device (``device=``, ``--device``; :mod:`coto_tools.runtime.device`): the model with its
+adapters, the batches and the prefix cache live on one device; logits come back to the CPU and
+metrics are CPU floats. The canonical keys and branch order are :class:`BranchKeys`
+(:mod:`coto_tools.runtime.branches`), shared with the Ray evaluator through
+:class:`BaseEvaluator`.
+
 Prefix reuse (BERT-style prompt tasks, see :mod:`coto_tools.runtime.prefix`): the hidden
 states entering each layer are cached under the gates of the layers below it (LRU, at most
 ``prefix_cache_mb``), so a configuration starts at the highest layer whose lower layers' gates
@@ -25,8 +31,9 @@ equal a plain forward up to float rounding (texts are regrouped by length to ski
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -37,10 +44,13 @@ from torch import nn
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Players
 from coto_tools.errors import OptionError, TaskError
+from coto_tools.runtime.branches import DEFAULT, Branch, BranchKeys, Config, ConfigKey
+from coto_tools.runtime.device import DeviceLike, requested_device, resolve_device
 from coto_tools.runtime.gated import GatedModel, inject
 from coto_tools.runtime.prefix import PrefixRunner, module_layer, supports_prefix
 from coto_tools.tasks.base import (
     SPLITS,
+    Batch,
     Metrics,
     MetricSums,
     Task,
@@ -48,11 +58,6 @@ from coto_tools.tasks.base import (
     uses_metric_sums,
 )
 from coto_tools.tasks.prompt_head import PromptTask
-
-DEFAULT = "default"
-Branch = tuple[str, str]  # (adapter name, module name)
-Config = Mapping[str, float] | Mapping[Branch, float] | Mapping[str | Branch, float]
-ConfigKey = tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -73,17 +78,83 @@ class PerExample:
         return self.predictions == self.labels
 
 
-class Evaluator:
+class BaseEvaluator(ABC):
+    """The evaluator interface shared by :class:`Evaluator` and the Ray evaluator
+    (:class:`~coto_tools.runtime.ray_executor.RayEvaluator`): configurations, keys and games
+    over :attr:`branch_keys`; subclasses evaluate (:meth:`value_batch`)."""
+
+    branch_keys: BranchKeys
+    n_forward: int
+    n_cache_hits: int
+
+    @property
+    def branches(self) -> list[Branch]:
+        """Every branch ``(adapter, module)`` in canonical key order."""
+        return self.branch_keys.branches
+
+    def key(self, config: Config) -> ConfigKey:
+        """Canonical hashable key: the gate of every branch in :attr:`branches` order."""
+        return self.branch_keys.key(config)
+
+    def config_of(self, key: ConfigKey) -> dict[Branch, float]:
+        """The configuration of a canonical key."""
+        return self.branch_keys.config(key)
+
+    def mask_config(
+        self, players: Players, mask: Sequence[bool] | np.ndarray, adapter: str = DEFAULT
+    ) -> dict[Branch, float]:
+        """Configuration switching on the modules of ``players`` selected by ``mask``."""
+        return self.branch_keys.mask_config(players, mask, adapter)
+
+    @abstractmethod
+    def value_batch(self, configs: Sequence[Config]) -> list[Metrics]:
+        """Metrics of many configurations, in input order."""
+
+    def value(self, config: Config) -> Metrics:
+        """Metrics of one configuration."""
+        return self.value_batch([config])[0]
+
+    def value_mask(
+        self, players: Players, mask: Sequence[bool] | np.ndarray, adapter: str = DEFAULT
+    ) -> Metrics:
+        """Metrics with exactly the modules of the players in ``mask`` on (gate 1)."""
+        return self.value(self.mask_config(players, mask, adapter))
+
+    def game(
+        self, players: Players, metric: str = "logprob", adapter: str = DEFAULT
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """A game ``v(coalitions: bool (k, n_players)) -> (k,)`` of ``metric`` (shapiq's shape)."""
+        if metric not in ("logprob", "accuracy", "loss"):
+            raise OptionError(f"metric {metric!r}; allowed: logprob, accuracy, loss")
+
+        def v(coalitions: np.ndarray) -> np.ndarray:
+            mat = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+            configs = [self.mask_config(players, row, adapter) for row in mat]
+            return np.array([m.get(metric) for m in self.value_batch(configs)])
+
+        return v
+
+
+class Evaluator(BaseEvaluator):
     """Metrics of gate configurations of ``adapters`` on ``task``'s ``split`` (see module doc).
 
     ``adapters``: one adapter (branch name ``"default"``) or ``{name: adapter}``. ``model``: a
     base model to reuse (default: ``task.build_model()``); the adapters are injected into it
-    until :meth:`close`. ``reuse_prefix``: skip unchanged lower layers where supported;
+    until :meth:`close`. ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see
+    :mod:`coto_tools.runtime.device`): the model (and so the adapters) and the batches are
+    moved there, the prefix cache lives there, metrics come back as CPU floats; ``None``: the
+    device of an open :func:`~coto_tools.runtime.device.device_scope`, else the model stays
+    where it is (a task's model: the CPU). A moved ``model`` stays on the device after
+    :meth:`close`. ``reuse_prefix``: skip unchanged lower layers where supported;
     ``prefix_cache_mb``: bound on the cached hidden states (MiB); ``text_chunk``: texts per
     length-sorted forward chunk (0: the task's batches as given).
     ``logits_cache``: how many configurations' logits to keep for :meth:`metrics_per_example`.
     The evaluator owns the gates of its model: gates set on :attr:`handle` from outside are
     overwritten, and changing the model's weights invalidates the caches (build a new one).
+
+    Public state: :attr:`task`, :attr:`split`, :attr:`adapters`, :attr:`device`,
+    :attr:`branches` / :attr:`branch_keys`, :attr:`labels` (CPU ``(n,)``; empty for tasks
+    scored per token), :attr:`n_forward`, :attr:`n_cache_hits`.
     """
 
     def __init__(
@@ -94,6 +165,7 @@ class Evaluator:
         split: str = "eval",
         batch_size: int = 64,
         model: nn.Module | None = None,
+        device: DeviceLike | None = None,
         reuse_prefix: bool = True,
         prefix_cache_mb: float = 256.0,
         text_chunk: int = 0,
@@ -110,24 +182,28 @@ class Evaluator:
         named = {DEFAULT: adapters} if isinstance(adapters, LoraAdapter) else dict(adapters)
         if not named:
             raise OptionError("no adapters to evaluate")
+        requested = device if device is not None else requested_device()
+        target = None if requested is None else resolve_device(requested)
         self.task = task
         self.split = split
         self.adapters: dict[str, LoraAdapter] = named
         self.model = task.build_model() if model is None else model
         self.model.eval()
+        if target is not None:
+            self.model.to(target)  # before injecting: the adapters follow the base weights
+        self.device: torch.device = target if target is not None else _device_of(self.model)
         self.handle: GatedModel = inject(self.model)
         for name, ad in named.items():
             self.handle.add_adapter(ad, name)
-        self.batches = task.batches(split, batch_size)
-        if not self.batches:
+        batches = task.batches(split, batch_size)
+        if not batches:
             raise TaskError(f"task {task.name}: split {split!r} is empty")
+        self.batches = [batch_to(b, self.device) for b in batches]
         # tasks scored by additive sums (causal LM: per token) have no per-example logits
         self._sums = uses_metric_sums(task)
-        self.labels = torch.empty(0) if self._sums else torch.cat([b.labels for b in self.batches])
-        # branches in canonical order: by layer (lowest first), then adapter, then module name
-        branches = [(a, m) for a, ad in named.items() for m in ad.modules]
-        self.branches: list[Branch] = sorted(branches, key=self._branch_order)
-        self._index = {b: i for i, b in enumerate(self.branches)}
+        labels = torch.empty(0) if self._sums else torch.cat([b.labels for b in batches])
+        self.labels: torch.Tensor = labels.cpu()
+        self.branch_keys = BranchKeys(named)
         self._runner: PrefixRunner | None = None
         self._prefix_end: list[int] = []
         if reuse_prefix and supports_prefix(self.model, task, [m for _, m in self.branches]):
@@ -149,64 +225,10 @@ class Evaluator:
         self.n_forward = 0
         self.n_cache_hits = 0
 
-    @staticmethod
-    def _branch_order(b: Branch) -> tuple[int, str, str]:
-        layer = module_layer(b[1])
-        return (-1 if layer is None else layer, b[0], b[1])
-
-    # -- configurations -------------------------------------------------------------------
-    def key(self, config: Config) -> ConfigKey:
-        """Canonical hashable key: the gate of every branch in :attr:`branches` order."""
-        gates = [0.0] * len(self.branches)
-        for k, g in config.items():
-            branch = self._resolve(k)
-            if isinstance(g, torch.Tensor) and g.numel() != 1:
-                raise OptionError(f"gate of {branch}: per-row tensor gates are not supported here")
-            v = float(g)
-            if not math.isfinite(v):
-                raise OptionError(f"gate of {branch} is {v}; gates must be finite")
-            gates[self._index[branch]] = v + 0.0  # -0.0 -> 0.0
-        return tuple(gates)
-
-    def _resolve(self, k: Hashable) -> Branch:
-        if isinstance(k, tuple):
-            if len(k) != 2 or k not in self._index:
-                raise OptionError(f"unknown branch {k!r}; adapters: {sorted(self.adapters)}")
-            return k
-        if not isinstance(k, str):
-            raise OptionError(
-                f"configuration key {k!r}: expected a module name or (adapter, module)"
-            )
-        adapter = DEFAULT if DEFAULT in self.adapters else None
-        if adapter is None and len(self.adapters) == 1:
-            adapter = next(iter(self.adapters))
-        if adapter is None:
-            raise OptionError(
-                f"module {k!r} without an adapter name, but there are several adapters "
-                f"({sorted(self.adapters)}): use (adapter, module) keys"
-            )
-        if (adapter, k) not in self._index:
-            raise OptionError(f"module {k!r} is not in adapter {adapter!r}")
-        return (adapter, k)
-
-    def mask_config(
-        self, players: Players, mask: Sequence[bool] | np.ndarray, adapter: str = DEFAULT
-    ) -> dict[Branch, float]:
-        """Configuration switching on the modules of ``players`` selected by ``mask``."""
-        if adapter not in self.adapters:
-            raise OptionError(f"unknown adapter {adapter!r}; known: {sorted(self.adapters)}")
-        return {(adapter, m): g for m, g in players.gates(mask).items()}
-
     # -- evaluating -----------------------------------------------------------------------
     def value(self, config: Config) -> Metrics:
         """Metrics of one configuration (cached)."""
         return self._value_key(self.key(config))
-
-    def value_mask(
-        self, players: Players, mask: Sequence[bool] | np.ndarray, adapter: str = DEFAULT
-    ) -> Metrics:
-        """Metrics with exactly the modules of the players in ``mask`` on (gate 1)."""
-        return self.value(self.mask_config(players, mask, adapter))
 
     def value_batch(self, configs: Sequence[Config]) -> list[Metrics]:
         """Metrics of many configurations (evaluated in prefix-sharing order), in input order."""
@@ -280,23 +302,24 @@ class Evaluator:
         """Encoder layer passes done with prefix reuse (None when reuse is off)."""
         return None if self._runner is None else self._runner.layer_passes
 
-    def game(
-        self, players: Players, metric: str = "logprob", adapter: str = DEFAULT
-    ) -> Callable[[np.ndarray], np.ndarray]:
-        """A game ``v(coalitions: bool (k, n_players)) -> (k,)`` of ``metric`` (shapiq's shape)."""
-        if metric not in ("logprob", "accuracy", "loss"):
-            raise OptionError(f"metric {metric!r}; allowed: logprob, accuracy, loss")
-
-        def v(coalitions: np.ndarray) -> np.ndarray:
-            mat = np.atleast_2d(np.asarray(coalitions, dtype=bool))
-            configs = [self.mask_config(players, row, adapter) for row in mat]
-            return np.array([m.get(metric) for m in self.value_batch(configs)])
-
-        return v
-
     def close(self) -> nn.Module:
         """Remove the adapters (the base model is restored bit for bit) and drop caches."""
         if self._runner is not None:
             self._runner.clear()
         self._logits.clear()
         return self.handle.remove()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    p = next(iter(model.parameters()), None)
+    return torch.device("cpu") if p is None else p.device
+
+
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` with its inputs and labels on ``device`` (the same tensors where they are
+    there already)."""
+    inputs = {
+        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()
+    }
+    return Batch(inputs, batch.labels.to(device))

@@ -5,11 +5,12 @@ for their metrics. :func:`make_evaluator` builds that evaluator from an :class:`
 (everything needed to rebuild it elsewhere: a task spec string, the adapters by path or by
 value, the split, the batch size) and an :class:`ExecutorConfig`:
 
-- ``local``: a plain :class:`~coto_tools.runtime.evaluator.Evaluator` (today's behaviour);
+- ``local``: a plain :class:`~coto_tools.runtime.evaluator.Evaluator` on ``executor.device``;
 - ``ray``: a :class:`~coto_tools.runtime.ray_executor.RayEvaluator` with the same public interface
   (``value``, ``value_batch``, ``value_mask``, ``key``, ``n_forward``, ``close``) that keeps the
   cache in the driver and sends uncached configurations to a pool of Ray actors, each holding one
-  model replica. Sampling stays in the driver, so a run equals the local run with the same seed.
+  model replica (on its own GPU when the cluster has GPUs, else on the CPU). Sampling stays in
+  the driver, so a run equals the local run with the same seed.
 
 :class:`Recorder` lists the configurations a deterministic piece of analysis code would ask for
 (it answers every ``value`` with a placeholder), so that a driver can hand them to
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.errors import CotoError, OptionError
+from coto_tools.runtime.device import AUTO, CPU, DeviceLike, check_device, resolve_device
 from coto_tools.tasks.base import SPLITS, Metrics
 
 if TYPE_CHECKING:
@@ -49,7 +51,11 @@ class ExecutorConfig:
     ``host:6379``; ``None`` starts a local Ray instance); ``workers``: actors (model replicas;
     ``None``: one per GPU of the cluster, else one per CPU, at most 64); ``gpus_per_worker``:
     ``None`` = 1 when the cluster has GPUs, else 0; ``cpus_per_worker``: CPUs reserved (and torch
-    threads) per actor; ``max_retries``: resubmissions of one chunk after its worker died."""
+    threads) per actor; ``max_retries``: resubmissions of one chunk after its worker died;
+    ``device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    Local: where the evaluator runs (a CUDA request is checked here). Ray: ``auto`` and ``cuda``
+    give each actor one GPU when the cluster has GPUs (``cuda`` requires them) and run it
+    there; ``cpu`` reserves no GPU; ``cuda:N`` is refused (Ray picks each actor's GPU)."""
 
     kind: ExecutorKind = ExecutorKind.local
     address: str | None = None
@@ -57,6 +63,7 @@ class ExecutorConfig:
     gpus_per_worker: float | None = None
     cpus_per_worker: int = 1
     max_retries: int = 3
+    device: str = AUTO
 
     def __post_init__(self) -> None:
         try:
@@ -74,6 +81,14 @@ class ExecutorConfig:
             raise OptionError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.kind is ExecutorKind.local and (self.address is not None or self.workers):
             raise OptionError("--ray-address and --workers need --executor ray")
+        object.__setattr__(self, "device", check_device(self.device))
+        if self.kind is ExecutorKind.local and self.device not in (AUTO, CPU):
+            resolve_device(self.device)  # a CUDA request without CUDA: one clear error, now
+        if self.kind is ExecutorKind.ray and ":" in self.device:
+            raise OptionError(
+                f"--device {self.device} with --executor ray: each worker uses the GPU Ray gives "
+                "it; use --device cuda (or auto)"
+            )
 
     @property
     def is_local(self) -> bool:
@@ -83,9 +98,22 @@ class ExecutorConfig:
 LOCAL = ExecutorConfig()
 
 
-def executor_from_cli(kind: str, address: str | None, workers: int | None) -> ExecutorConfig:
-    """The CLI's ``--executor/--ray-address/--workers`` as a config (validated)."""
-    return ExecutorConfig(kind=kind, address=address, workers=workers)  # type: ignore[arg-type]
+def executor_from_cli(
+    kind: str, address: str | None, workers: int | None, device: str = AUTO
+) -> ExecutorConfig:
+    """The CLI's ``--executor/--ray-address/--workers/--device`` as a config (validated)."""
+    return ExecutorConfig(
+        kind=kind,  # type: ignore[arg-type]
+        address=address,
+        workers=workers,
+        device=device,
+    )
+
+
+def local_device(executor: ExecutorConfig | None) -> str | None:
+    """The device a local evaluator of ``executor`` should use (``None``: no executor given,
+    leave the model where it is); pass it as ``Evaluator(..., device=local_device(executor))``."""
+    return None if executor is None or not executor.is_local else executor.device
 
 
 @dataclass(frozen=True)
@@ -136,8 +164,8 @@ class EvaluatorSpec:
 
         return {n: a if isinstance(a, LoraAdapter) else load_adapter(a) for n, a in self.adapters}
 
-    def build(self, *, model: Any = None) -> Evaluator:
-        """A local :class:`Evaluator` of this spec (what every worker builds)."""
+    def build(self, *, model: Any = None, device: DeviceLike | None = None) -> Evaluator:
+        """A local :class:`Evaluator` of this spec on ``device`` (what every worker builds)."""
         from coto_tools.runtime.evaluator import Evaluator
         from coto_tools.tasks import get_task
 
@@ -149,6 +177,7 @@ class EvaluatorSpec:
             split=self.split,
             batch_size=self.batch_size,
             model=model,
+            device=device,
             **dict(self.evaluator_options),
         )
 
@@ -156,11 +185,11 @@ class EvaluatorSpec:
 def make_evaluator(
     spec: EvaluatorSpec, executor: ExecutorConfig | None = None, *, model: Any = None
 ) -> Any:
-    """An evaluator of ``spec`` run by ``executor`` (``None``: local). ``model``: a base model to
-    reuse (local only)."""
+    """An evaluator of ``spec`` run by ``executor`` (``None``: local, ``--device auto``).
+    ``model``: a base model to reuse (local only; moved to the device)."""
     executor = executor or LOCAL
     if executor.is_local:
-        return spec.build(model=model)
+        return spec.build(model=model, device=executor.device)
     from coto_tools.runtime.ray_executor import RayEvaluator
 
     return RayEvaluator(spec, executor)
@@ -194,5 +223,6 @@ __all__ = [
     "ExecutorKind",
     "Recorder",
     "executor_from_cli",
+    "local_device",
     "make_evaluator",
 ]

@@ -13,9 +13,10 @@ Streams: the label prompts, and the split's texts sorted by token count and cut 
 trimmed to their longest member, so padding costs little (logits are put back in input order).
 Padding positions are masked, so the numbers equal a plain forward up to float rounding.
 The embeddings and attention masks do not depend on the gates: computed once, kept outside the
-bound. Supported models: transformers ``BertModel``-like encoders (``.embeddings``,
-``.encoder.layer``, ``._create_attention_masks``) under a
-:class:`~coto_tools.tasks.prompt_head.PromptTask`, with every adapter module inside
+bound. Everything lives on the device of the model and the batches (the bound counts bytes
+there: GPU memory when the evaluator runs on CUDA). Supported models: transformers
+``BertModel``-like encoders (``.embeddings``, ``.encoder.layer``, ``._create_attention_masks``)
+under a :class:`~coto_tools.tasks.prompt_head.PromptTask`, with every adapter module inside
 ``encoder.layer.<i>``; :func:`supports_prefix` says whether a (model, task, modules) triple
 qualifies, otherwise the evaluator does plain forwards.
 """
@@ -207,7 +208,7 @@ class PrefixRunner:
 
 def _extent(mask: torch.Tensor) -> torch.Tensor:
     """Per row: 1 + the index of the last unmasked token (0 for an all-padding row)."""
-    pos = torch.arange(1, mask.shape[1] + 1, dtype=torch.long)
+    pos = torch.arange(1, mask.shape[1] + 1, dtype=torch.long, device=mask.device)
     return (mask.ne(0).long() * pos).amax(dim=1) if mask.shape[1] else mask.sum(dim=1)
 
 

@@ -3,12 +3,15 @@
 A pool of Ray actors, each holding one model replica (an
 :class:`~coto_tools.runtime.evaluator.Evaluator` built from an
 :class:`~coto_tools.runtime.executor.EvaluatorSpec`; one GPU per actor when the cluster has
-GPUs), evaluates configurations sent by the driver. The driver keeps the cache, computes the
-canonical keys with the evaluator's own code, and splits the uncached keys of a batch, sorted
-lexicographically as the local evaluator sorts them, into one contiguous chunk per worker (so
-prefix reuse still works inside each worker); results come back in input order. A worker that
-dies mid-evaluation is replaced by a fresh actor and its chunk resubmitted (at most
-``max_retries`` times per chunk); logging (the Shapley evaluation log) stays in the driver.
+GPUs, and then running there: Ray sets each actor's ``CUDA_VISIBLE_DEVICES``, so it uses
+``cuda``; CPU otherwise), evaluates configurations sent by the driver. The driver keeps the
+cache, computes the canonical keys with the same
+:class:`~coto_tools.runtime.branches.BranchKeys` the workers use, and splits the uncached keys
+of a batch, sorted lexicographically as the local evaluator sorts them, into one contiguous
+chunk per worker (so prefix reuse still works inside each worker); results come back in input
+order. A worker that dies mid-evaluation is replaced by a fresh actor and its chunk resubmitted
+(at most ``max_retries`` times per chunk); logging (the Shapley evaluation log) stays in the
+driver.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import numpy as np
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.lmc.engine import PointEvaluator
 from coto_tools.lmc.space import Space, check_compatible, interpolate_factors
-from coto_tools.runtime.evaluator import Config, ConfigKey, Evaluator, PerExample
+from coto_tools.runtime.branches import BranchKeys, Config, ConfigKey
+from coto_tools.runtime.device import AUTO, CPU, CUDA, DeviceError
+from coto_tools.runtime.evaluator import BaseEvaluator, Evaluator, PerExample
 from coto_tools.runtime.executor import EvaluatorSpec, ExecutorConfig, ExecutorError
 from coto_tools.tasks.base import Metrics, Task
 
@@ -42,37 +47,36 @@ def _import_ray() -> Any:
 class _Worker:
     """One model replica (a Ray actor): builds the spec's evaluator and evaluates keys."""
 
-    def __init__(self, spec: EvaluatorSpec, threads: int) -> None:
+    def __init__(self, spec: EvaluatorSpec, threads: int, device: str) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.load(spec)
+        self.load(spec, device)
 
-    def load(self, spec: EvaluatorSpec) -> None:
+    def load(self, spec: EvaluatorSpec, device: str) -> None:
         """Switch to another spec (an idle actor reused by the next evaluator)."""
         previous = getattr(self, "ev", None)
         if previous is not None:
             previous.close()
         self.spec = spec
-        self.ev: Evaluator = spec.build()
+        self.ev: Evaluator = spec.build(device=device)
         self._factor_model: Any = None
 
-    def describe(self) -> tuple[list[tuple[str, str]], np.ndarray, int]:
-        """``(branches in key order, labels, pid)`` (the driver checks the branches)."""
+    def describe(self) -> tuple[list[tuple[str, str]], np.ndarray, int, str]:
+        """``(branches in key order, labels, pid, device)`` (the driver checks the branches)."""
         import os
 
-        return list(self.ev.branches), self.ev.labels.numpy().copy(), os.getpid()
+        ev = self.ev
+        return list(ev.branches), ev.labels.numpy().copy(), os.getpid(), str(ev.device)
 
     def evaluate(self, keys: list[ConfigKey]) -> tuple[list[Metrics], int]:
         """Metrics of ``keys`` (canonical gate tuples), and the forward passes done."""
         before = self.ev.n_forward
-        configs = [dict(zip(self.ev.branches, k, strict=True)) for k in keys]
+        configs = [self.ev.config_of(k) for k in keys]
         return self.ev.value_batch(configs), self.ev.n_forward - before
 
     def per_example(self, keys: list[ConfigKey]) -> tuple[list[PerExample], int]:
-        out = [
-            self.ev.metrics_per_example(dict(zip(self.ev.branches, k, strict=True))) for k in keys
-        ]
+        out = [self.ev.metrics_per_example(self.ev.config_of(k)) for k in keys]
         return out, len(out)
 
     def evaluate_adapters(self, adapters: list[LoraAdapter]) -> tuple[list[Metrics], int]:
@@ -83,7 +87,7 @@ class _Worker:
         for ad in adapters:
             ev = Evaluator(
                 self.ev.task, ad, split=self.spec.split, batch_size=self.spec.batch_size,
-                model=self._factor_model,
+                model=self._factor_model, device=self.ev.device,
             )  # fmt: skip
             try:
                 out.append(ev.value(dict.fromkeys(ad.modules, 1.0)))
@@ -92,17 +96,13 @@ class _Worker:
         return out, len(out)
 
 
-class RayEvaluator:
-    """The :class:`Evaluator` interface (``value``, ``value_batch``, ``value_mask``, ``key``,
-    ``mask_config``, ``game``, ``metrics_per_example``, ``n_forward``, ``close``) over a pool of
-    Ray actors (see module doc). Connects to ``executor.address`` (or starts a local Ray when
-    none is running and no address is given; it stops when the process ends)."""
-
-    # the local evaluator's own code: same canonical keys, same masks, same game
-    _resolve = Evaluator._resolve
-    mask_config = Evaluator.mask_config
-    value_mask = Evaluator.value_mask
-    game = Evaluator.game
+class RayEvaluator(BaseEvaluator):
+    """The :class:`~coto_tools.runtime.evaluator.BaseEvaluator` interface (``value``,
+    ``value_batch``, ``value_mask``, ``key``, ``mask_config``, ``game``, plus
+    ``metrics_per_example``, ``labels``, ``n_forward``, ``close``) over a pool of Ray actors (see
+    module doc). Connects to ``executor.address`` (or starts a local Ray when none is running
+    and no address is given; it stops when the process ends). :attr:`devices`: each worker's
+    device (``cuda:0`` inside an actor is the GPU Ray gave it)."""
 
     def __init__(self, spec: EvaluatorSpec, executor: ExecutorConfig) -> None:
         ray = _import_ray()
@@ -111,9 +111,7 @@ class RayEvaluator:
         self.executor = executor
         self.split = spec.split
         self.adapters: dict[str, LoraAdapter] = spec.load_adapters()
-        branches = [(a, m) for a, ad in self.adapters.items() for m in ad.modules]
-        self.branches = sorted(branches, key=Evaluator._branch_order)
-        self._index = {b: i for i, b in enumerate(self.branches)}
+        self.branch_keys = BranchKeys(self.adapters)
         if not ray.is_initialized():
             try:
                 ray.init(
@@ -127,9 +125,7 @@ class RayEvaluator:
                     f"cannot connect to Ray at {executor.address or '(new local instance)'}: {exc}"
                 ) from exc
         resources = ray.cluster_resources()
-        gpus = executor.gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+        gpus, self._device = _gpus_and_device(executor, resources.get("GPU", 0))
         self._gpus = gpus
         workers = executor.workers
         if workers is None:
@@ -151,7 +147,7 @@ class RayEvaluator:
         self._spec_ref = ray.put(spec)  # shipped once; actors get it from the object store
         self._shape = (executor.cpus_per_worker, gpus)
         reused = _take_idle(ray, self._shape, workers)
-        loading = [a.load.remote(self._spec_ref) for a in reused]
+        loading = [a.load.remote(self._spec_ref, self._device) for a in reused]
         self._actors: list[Any] = reused + [self._new_actor() for _ in range(workers - len(reused))]
         self.n_restarts = 0
         try:
@@ -168,35 +164,27 @@ class RayEvaluator:
                 f"a Ray worker could not build the evaluator of task {spec.task!r} "
                 f"(are the task's model and data reachable on every node?): {exc}"
             ) from exc
-        for got, _labels, _ in described:
+        for got, *_ in described:
             if [tuple(b) for b in got] != self.branches:
                 raise ExecutorError(
                     "a worker's evaluator has other branches than the driver's; is the same "
                     "coto-tools version installed on every node?"
                 )
         self.labels = described[0][1]
-        self.pids = [pid for _, _, pid in described]
+        self.pids = [d[2] for d in described]
+        self.devices = [d[3] for d in described]
         self._cache: dict[ConfigKey, Metrics] = {}
         self.n_forward = 0
         self.n_cache_hits = 0
 
     def _new_actor(self) -> Any:
-        return self._actor_cls.remote(self._spec_ref, self.executor.cpus_per_worker)
+        return self._actor_cls.remote(self._spec_ref, self.executor.cpus_per_worker, self._device)
 
     @property
     def workers(self) -> int:
         return len(self._actors)
 
-    def key(self, config: Config) -> ConfigKey:
-        """Canonical key: :meth:`Evaluator.key` itself (it reads ``branches``, ``_index`` and
-        ``adapters``, which this class holds too)."""
-        return Evaluator.key(self, config)  # type: ignore[arg-type]  # duck-typed reuse
-
     # -- evaluating -----------------------------------------------------------------------
-    def value(self, config: Config) -> Metrics:
-        """Metrics of one configuration (cached in the driver)."""
-        return self.value_batch([config])[0]
-
     def value_batch(self, configs: Sequence[Config]) -> list[Metrics]:
         """Metrics of many configurations (uncached ones spread over the workers), in input
         order."""
@@ -262,6 +250,23 @@ class RayEvaluator:
         actors, self._actors = self._actors, []
         if actors and self._ray.is_initialized():
             _IDLE.setdefault(_job_id(self._ray), {}).setdefault(self._shape, []).extend(actors)
+
+
+def _gpus_and_device(executor: ExecutorConfig, cluster_gpus: float) -> tuple[float, str]:
+    """GPUs reserved per actor and the device each actor evaluates on (see
+    :class:`~coto_tools.runtime.executor.ExecutorConfig`)."""
+    requested = executor.device
+    gpus = executor.gpus_per_worker
+    if requested == CUDA and cluster_gpus < 1 and not gpus:
+        raise DeviceError(
+            "--device cuda with --executor ray: the Ray cluster has no GPUs; use --device auto "
+            "or cpu"
+        )
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 and requested in (AUTO, CUDA) else 0.0
+    if requested == CUDA and gpus <= 0:
+        raise DeviceError("--device cuda with --executor ray needs GPUs per worker (got 0)")
+    return gpus, (CUDA if gpus > 0 and requested != CPU else CPU)
 
 
 # idle actors by Ray job, then by (cpus, gpus) per actor: reused by the next RayEvaluator

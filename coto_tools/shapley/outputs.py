@@ -137,8 +137,11 @@ def write_outputs(
     results: Mapping[str, ShapleyResult],
     primary: str,
     run_info: Mapping[str, Any],
+    *,
+    figures: bool = True,
 ) -> dict[str, Path]:
-    """Write the four output files of one run atomically; return their paths."""
+    """Write the four output files of one run atomically (the two figures only with
+    ``figures``); return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     p = results[primary]
     doc: dict[str, Any] = {"format": JSON_FORMAT, "version": 1, **run_info}
@@ -166,6 +169,8 @@ def write_outputs(
         "csv": atomic_write_text(out / CSV_FILE, csv_text(players, results, primary)),
         "json": atomic_write_text(out / JSON_FILE, json.dumps(doc, indent=2) + "\n"),
     }
+    if not figures:
+        return files
     fig = plot_heatmap(
         heatmap_grid(players, p.values),
         title=f"{Path(str(run_info.get('checkpoint', ''))).name}: {primary} "

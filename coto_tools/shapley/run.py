@@ -27,7 +27,7 @@ import numpy as np
 from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Grouping, Players, make_players
-from coto_tools.errors import CheckpointError, OptionError, TaskError
+from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError
 from coto_tools.runtime.executor import ExecutorConfig
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.game_adapter import AdapterGame, game_fingerprint, weights_hash
@@ -210,13 +210,20 @@ def shapley_run(
     progress: bool = False,
     model: Any = None,
     executor: ExecutorConfig | None = None,
+    evaluator: Any = None,
+    branch: str = "default",
+    figures: bool = True,
 ) -> ShapleyRunResult:
     """Estimate the Shapley values of ``checkpoint``'s adapters and write the outputs.
 
     ``model``: a base model of the task to reuse (default: the task builds one).
     ``executor``: where coalitions are evaluated (default local; see
     :mod:`coto_tools.runtime.executor`); sampling and the log stay here, so the numbers are the
-    local run's.
+    local run's. ``evaluator``: an open evaluator of the checkpoint's task and ``config.split``
+    already holding the checkpoint's adapter (bit for bit, checked) as branch ``branch``, e.g.
+    one shared with other analyses so that configurations they share are evaluated once; the
+    caller owns it (it is not closed here). ``figures``: write the heatmap and convergence
+    figures (``False``: only the CSV, the JSON and the log).
     """
     from coto_tools.runtime.evaluator import Evaluator
 
@@ -237,8 +244,10 @@ def shapley_run(
     log_path = prep.out / LOG_FILE
     if config.force and log_path.exists():
         log_path.unlink()
-    evaluator: Any
-    if executor is None or executor.is_local:
+    own = evaluator is None
+    if not own:
+        _check_shared(evaluator, branch, prep, config)
+    elif executor is None or executor.is_local:
         evaluator = Evaluator(
             prep.task,
             prep.adapter,
@@ -258,7 +267,7 @@ def shapley_run(
         )
         evaluator = make_evaluator(spec, executor)
     try:
-        game = AdapterGame(evaluator, prep.players, metrics=metrics)
+        game = AdapterGame(evaluator, prep.players, metrics=metrics, adapter=branch)
         with EvaluationLog(log_path, fingerprint, n) as log:
             from_log = len(log)
             cached = CachedGame(game, n, metric=config.metric.value, log=log)
@@ -279,7 +288,8 @@ def shapley_run(
             for m in metrics
         }
     finally:
-        evaluator.close()
+        if own:
+            evaluator.close()
     wall = time.perf_counter() - t0
     summary = {
         "checkpoint": str(prep.checkpoint),
@@ -300,7 +310,9 @@ def shapley_run(
         "evaluations_computed": game.n_evaluated,
         "wall_time_s": round(wall, 3),
     }
-    files = write_outputs(prep.out, prep.players, results, config.metric.value, summary)
+    files = write_outputs(
+        prep.out, prep.players, results, config.metric.value, summary, figures=figures
+    )
     return ShapleyRunResult(
         checkpoint=prep.checkpoint,
         config=config,
@@ -310,6 +322,37 @@ def shapley_run(
         out=prep.out,
         files=files | {"log": log_path},
     )
+
+
+def _check_shared(evaluator: Any, branch: str, prep: Prepared, config: ShapleyConfig) -> None:
+    """Refuse a shared evaluator that is not on the checkpoint's task and split or whose
+    ``branch`` is not the checkpoint's adapter bit for bit (its numbers would be another's)."""
+    import torch
+
+    held = getattr(evaluator, "adapters", {}).get(branch)
+    task = getattr(evaluator, "task", None)
+    if getattr(evaluator, "split", None) != config.split.value or task is None:
+        raise ShapleyError(f"shared evaluator: not on the {config.split.value} split")
+    if getattr(task, "name", None) != getattr(prep.task, "name", None) or getattr(
+        task, "variant", None
+    ) != getattr(prep.task, "variant", None):
+        raise ShapleyError(f"shared evaluator: task {task.name}, checkpoint's {prep.task.name}")
+    batches = getattr(evaluator, "batches", None)
+    if batches and len(batches[0]) != min(config.eval_batch_size, len(evaluator.labels)):
+        raise ShapleyError(f"shared evaluator: batches of other than {config.eval_batch_size}")
+    ok = held is not None and set(held.modules) == set(prep.adapter.modules)
+    if ok and held is not None:
+        for name, m in prep.adapter.modules.items():
+            o = held.modules[name]
+            if (m.alpha, m.use_rslora) != (o.alpha, o.use_rslora) or not (
+                torch.equal(m.A, o.A) and torch.equal(m.B, o.B)
+            ):
+                ok = False
+                break
+    if not ok:
+        raise ShapleyError(
+            f"shared evaluator: branch {branch!r} is not the adapter of {prep.checkpoint}"
+        )
 
 
 def shapley_runs(

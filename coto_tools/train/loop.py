@@ -99,19 +99,26 @@ def base_model_id(task: Task) -> str | None:
 
 
 def final_metrics(
-    task: Task, adapter: LoraAdapter, split: str, *, model: torch.nn.Module | None = None
+    task: Task,
+    adapter: LoraAdapter,
+    split: str,
+    *,
+    model: torch.nn.Module | None = None,
+    zero_shot: Metrics | None = None,
 ) -> tuple[Metrics, Metrics]:
     """(all adapters on, zero-shot) metrics on ``split`` through the project's evaluator.
 
     The same :class:`~coto_tools.runtime.evaluator.Evaluator` later analyses use, so the
     recorded numbers are the ones ``shapley``/``prune`` see for "all" and "none".
+    ``zero_shot``: the base model's metrics on ``split`` of this task when already measured
+    (by another run of the task: they do not depend on the adapter); returned as given.
     """
     from coto_tools.runtime.evaluator import Evaluator
 
     ev = Evaluator(task, adapter, split=split, model=model)
     try:
         on = ev.value(dict.fromkeys(adapter.modules, 1.0))
-        off = ev.value({})
+        off = ev.value({}) if zero_shot is None else zero_shot
     finally:
         ev.close()
     return on, off
@@ -150,25 +157,42 @@ def train_step(
     return value
 
 
-def train(config: TrainConfig, *, task: Task | None = None, progress: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    task: Task | None = None,
+    model: torch.nn.Module | None = None,
+    zero_shot: Metrics | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train a fresh LoRA adapter on ``config.task`` with CoTo or plain LoRA.
 
     The base model is ``task.build_model()`` (frozen); the adapter is initialised as PEFT does
     (``A`` Kaiming-uniform, ``B = 0``) from the run's seed. Same config and seed, same adapter bit
     for bit (on the same machine and torch build). ``task`` overrides building it from the
-    config's name (the record still names ``config.task``).
+    config's name (the record still names ``config.task``). ``model``: that task's base model
+    to train on instead of building one (it is handed back as it came: the adapter is removed,
+    which restores the base bit for bit). ``zero_shot``: the base model's metrics on
+    ``config.eval_split`` of this task, when another run already measured them (recorded as
+    given instead of evaluated again).
     """
     # Global torch RNG (dropout, and anything the task's model building draws) is seeded from
     # the run's seed inside a fork, so the caller's RNG state is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seeds(config.seed)[3])
-        return _train(config, task, progress)
+        return _train(config, task, progress, model, zero_shot)
 
 
-def _train(config: TrainConfig, task: Task | None, progress: bool) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    task: Task | None,
+    progress: bool,
+    base: torch.nn.Module | None = None,
+    zero_shot: Metrics | None = None,
+) -> TrainResult:
     t0 = time.perf_counter()
     task = build_task(config) if task is None else task
-    model = task.build_model()
+    model = task.build_model() if base is None else base
     for prm in model.parameters():
         prm.requires_grad_(False)
     targets = resolve_targets(model, task.default_targets(), config.targets)
@@ -221,7 +245,9 @@ def _train(config: TrainConfig, task: Task | None, progress: bool) -> TrainResul
         source=f"<trained {config.task} {config.method.value} seed {config.seed}>",
     )
     model = handle.remove()
-    metrics, zero_shot = final_metrics(task, adapter, config.eval_split, model=model)
+    metrics, zero_shot = final_metrics(
+        task, adapter, config.eval_split, model=model, zero_shot=zero_shot
+    )
     wall = time.perf_counter() - t0
     from coto_tools.train.run import make_record
 

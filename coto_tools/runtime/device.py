@@ -1,0 +1,91 @@
+"""Where an evaluator's model runs: ``--device auto|cpu|cuda|cuda:N``.
+
+:func:`resolve_device` turns a request into a :class:`torch.device` (``auto``: ``cuda`` when
+``torch.cuda.is_available()``, else ``cpu``); asking for CUDA where there is none is a
+:class:`DeviceError` (one line; the CLI exits 2). :func:`check_device` validates the spelling
+only (a Ray driver without a GPU may send work to GPU workers).
+
+:func:`device_scope` sets the device that evaluators built without an explicit ``device``
+use while the scope is open (the CLI opens one around a local run, so analysis code that builds
+its evaluators itself follows ``--device``); outside any scope such an evaluator leaves its
+model where it is (a task's model: on the CPU).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+
+from coto_tools.errors import OptionError
+
+AUTO, CPU, CUDA = "auto", "cpu", "cuda"
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
+_SPELLING = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DeviceLike = str | torch.device
+
+_REQUESTED: ContextVar[str | None] = ContextVar("coto_tools_device", default=None)
+
+
+class DeviceError(OptionError):
+    """A device that is misspelt or not available here (e.g. ``cuda`` without CUDA)."""
+
+
+def check_device(device: DeviceLike) -> str:
+    """The request normalised (``auto``, ``cpu``, ``cuda``, ``cuda:N``); checks spelling only."""
+    text = str(device).strip().lower()
+    if not _SPELLING.match(text):
+        raise DeviceError(f"--device {str(device)!r}: allowed {DEVICE_CHOICES}")
+    return text
+
+
+def resolve_device(device: DeviceLike = AUTO) -> torch.device:
+    """The :class:`torch.device` of a request, checked against this machine's CUDA devices."""
+    text = check_device(device)
+    if text == AUTO:
+        return torch.device(CUDA if torch.cuda.is_available() else CPU)
+    if text == CPU:
+        return torch.device(CPU)
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"--device {text}: CUDA is not available here (torch {torch.__version__}, "
+            "no visible GPU); use --device cpu or auto"
+        )
+    dev = torch.device(text)
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise DeviceError(f"--device {text}: only {count} CUDA device(s) visible (cuda:0..)")
+    return dev
+
+
+@contextmanager
+def device_scope(device: DeviceLike | None) -> Iterator[None]:
+    """Evaluators built inside without an explicit ``device`` use ``device`` (``None``: leave
+    models where they are, the default outside any scope). Checked when entered."""
+    text = None if device is None else check_device(device)
+    if text is not None:
+        resolve_device(text)  # fail now, with the option's name, not deep inside a run
+    token = _REQUESTED.set(text)
+    try:
+        yield
+    finally:
+        _REQUESTED.reset(token)
+
+
+def requested_device() -> str | None:
+    """The device of the innermost open :func:`device_scope` (``None`` outside any)."""
+    return _REQUESTED.get()
+
+
+__all__ = [
+    "DEVICE_CHOICES",
+    "DeviceError",
+    "DeviceLike",
+    "check_device",
+    "device_scope",
+    "requested_device",
+    "resolve_device",
+]
