@@ -6,6 +6,7 @@ The ``magnitude_prune`` merge of PEFT's ``add_weighted_adapter`` (trim step of T
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,6 +70,40 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
     return above.reshape(tensor.shape)
 
 
+class TrimRule:
+    """One task's trimming rule: keep ``|x| > cut``; while ``need`` > 0 (the k-th largest
+    magnitude ``t`` is tied with entries that are dropped), also the first ``need`` entries equal
+    to ``t``, by flat index, as :func:`magnitude_mask` does."""
+
+    def __init__(self, buf: torch.Tensor, k: int) -> None:
+        """From the whole ``buf`` (destroyed: abs, then partitioned in place, no copy)."""
+        if k <= 0:
+            self.t, self.cut, self.need = math.inf, math.inf, 0
+            return
+        flat = buf.abs_().reshape(-1).numpy()
+        pos = flat.size - k  # 0-based position of the k-th largest in ascending order
+        flat.partition(pos)
+        t = flat[pos]
+        self.t = float(t)
+        self.need = 0
+        if pos == 0 or flat[:pos].max() < t:  # no dropped entry ties with t: keep |x| >= t
+            self.cut = float(np.nextafter(t, np.array(-np.inf, dtype=t.dtype)))
+        else:
+            self.cut = self.t
+            self.need = k - int(np.count_nonzero(flat[pos + 1 :] > t))
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (rows in flat order, chunk after chunk) with the dropped entries zeroed."""
+        mag = t.abs()
+        if self.need == 0:  # float-only: threshold, then the signs back (±0 where dropped)
+            return torch.copysign(torch.nn.functional.threshold(mag, self.cut, 0.0), t)
+        keep = mag > self.t
+        tied = torch.nonzero(mag.reshape(-1) == self.t).reshape(-1)[: self.need]
+        keep.reshape(-1)[tied] = True
+        self.need -= tied.numel()
+        return t.mul_(keep)
+
+
 def magnitude_trim(tensor: torch.Tensor, density: float) -> torch.Tensor:
     """``tensor`` with all but its top-``density`` magnitudes zeroed; density >= 1 is a no-op.
 
@@ -81,12 +116,9 @@ def magnitude_trim(tensor: torch.Tensor, density: float) -> torch.Tensor:
     n = tensor.numel()
     k = int(density * n)
     if 0 < k < n and tensor.device.type == "cpu" and tensor.dtype in _NUMPY_DTYPES:
-        mag = tensor.abs()
-        part = np.partition(mag.reshape(-1).numpy(), n - k)
-        t = part[n - k]  # the k-th largest magnitude
-        if part[: n - k].max() < t:  # nothing dropped ties with it: keep exactly |x| >= t
-            below = float(np.nextafter(t, np.array(-np.inf, dtype=t.dtype)))
-            return torch.copysign(torch.nn.functional.threshold(mag, below, 0.0), tensor)
+        rule = TrimRule(tensor.abs(), k)
+        if rule.need == 0:  # nothing dropped ties with the k-th largest: keep exactly |x| >= t
+            return rule.apply(tensor)
     return tensor * magnitude_mask(tensor, density).to(tensor.dtype)
 
 

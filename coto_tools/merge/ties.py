@@ -9,14 +9,12 @@ space coto-tools folds the weights into the task vectors first, so the election 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from coto_tools.merge.config import MajoritySign
-from coto_tools.merge.magnitude import magnitude_mask, magnitude_trim
+from coto_tools.merge.magnitude import TrimRule, magnitude_mask, magnitude_trim
 from coto_tools.merge.task_arithmetic import stack_weights
 
 
@@ -126,40 +124,6 @@ def _delta_rows(b: torch.Tensor, a: torch.Tensor, coef: float, r0: int, r1: int)
     return coef * (b[r0:r1] @ a)
 
 
-class _Trim:
-    """One task's trimming rule: keep ``|x| > cut``; while ``need`` > 0 (the k-th largest
-    magnitude ``t`` is tied with entries that are dropped), also the first ``need`` entries equal
-    to ``t``, by flat index, as :func:`~coto_tools.merge.magnitude.magnitude_mask` does."""
-
-    def __init__(self, buf: torch.Tensor, k: int) -> None:
-        """From the whole ``buf`` (destroyed: abs, then partitioned in place, no copy)."""
-        if k <= 0:
-            self.t, self.cut, self.need = math.inf, math.inf, 0
-            return
-        flat = buf.abs_().reshape(-1).numpy()
-        pos = flat.size - k  # 0-based position of the k-th largest in ascending order
-        flat.partition(pos)
-        t = flat[pos]
-        self.t = float(t)
-        self.need = 0
-        if pos == 0 or flat[:pos].max() < t:  # no dropped entry ties with t: keep |x| >= t
-            self.cut = float(np.nextafter(t, np.array(-np.inf, dtype=t.dtype)))
-        else:
-            self.cut = self.t
-            self.need = k - int(np.count_nonzero(flat[pos + 1 :] > t))
-
-    def apply(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` (rows in flat order, chunk after chunk) with the dropped entries zeroed."""
-        mag = t.abs()
-        if self.need == 0:  # float-only: threshold, then the signs back (±0 where dropped)
-            return torch.copysign(torch.nn.functional.threshold(mag, self.cut, 0.0), t)
-        keep = mag > self.t
-        tied = torch.nonzero(mag.reshape(-1) == self.t).reshape(-1)[: self.need]
-        keep.reshape(-1)[tied] = True
-        self.need -= tied.numel()
-        return t.mul_(keep)
-
-
 def ties_lowrank(
     As: Sequence[torch.Tensor],
     Bs: Sequence[torch.Tensor],
@@ -188,14 +152,14 @@ def ties_lowrank(
     buf = torch.empty(out_f, in_f, dtype=torch.float32)
     n = buf.numel()
     k = int(density * n)
-    trims: list[_Trim] | None = None
+    trims: list[TrimRule] | None = None
     if density < 1.0 and k < n:  # 1. trim: thresholds of the whole |ΔW_i|
         trims = []
         for a, b, c in zip(a32, b32, coefs, strict=True):
             if k > 0:
                 for r0, r1 in chunks:
                     buf[r0:r1] = _delta_rows(b, a, c, r0, r1)
-            trims.append(_Trim(buf, k))
+            trims.append(TrimRule(buf, k))
     total = majority_sign is MajoritySign.TOTAL
     one = torch.ones((), dtype=torch.float32)
     for r0, r1 in chunks:
