@@ -16,8 +16,9 @@ load from other processes hits all alike):
   sorted into a depth-first walk of the prefix tree);
 - ``evaluator, one chain per call``: the same, each chain sent alone (cross-call reuse comes
   only from the bounded prefix cache);
-- ``... + length chunks``: the same with ``text_chunk=32`` (texts regrouped by length, so
-  less padding; equal to a plain forward up to float rounding).
+- length chunks: the evaluator's default ``text_chunk=32`` (texts regrouped by length, so
+  less padding; equal to a plain forward up to float rounding) vs ``text_chunk=0`` (the
+  task's batches as given).
 
 Also (``--stacked``): two configurations in one forward with per-row gates vs one after the
 other; (``--profile``): cProfile and torch.profiler of one evaluation and a short Shapley run.
@@ -145,14 +146,16 @@ def chains_side_by_side(
     mk = lambda **kw: Evaluator(task, adapter, split=split, model=task.build_model(), **kw)  # noqa: E731
     lanes = {
         "naive": Lane("naive (merged weights, full forward)"),
-        "batched": Lane("evaluator, estimator batches", evaluator=mk()),
-        "chain": Lane("evaluator, one chain per call", evaluator=mk()),
+        "batched": Lane(
+            "evaluator, estimator batches, no length chunks", evaluator=mk(text_chunk=0)
+        ),
+        "chain": Lane(
+            "evaluator, one chain per call, no length chunks", evaluator=mk(text_chunk=0)
+        ),
         "chain_chunk": Lane(
-            "evaluator, one chain per call + length chunks", evaluator=mk(text_chunk=32)
+            "evaluator, one chain per call (default length chunks)", evaluator=mk()
         ),
-        "batched_chunk": Lane(
-            "evaluator, estimator batches + length chunks", evaluator=mk(text_chunk=32)
-        ),
+        "batched_chunk": Lane("evaluator, estimator batches (defaults)", evaluator=mk()),
     }
     naive = NaiveEvaluator(task, adapter, split, task.build_model())
     # chained[0] is [empty, full]; then one call per chain. batched: [empty, full], then big calls.

@@ -1,4 +1,5 @@
-"""``--device``: resolution, errors (one line, exit 2), CPU results unchanged, GPU = CPU."""
+"""``--device``: resolution, errors (one line, exit 2), CPU results unchanged, GPU = CPU, and
+the device reaching every run module's evaluator explicitly (no context variable)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,7 @@ from test_executor import random_adapter, run_cli, run_dir
 
 from coto_tools.errors import CotoError, OptionError
 from coto_tools.runtime.branches import BranchKeys
-from coto_tools.runtime.device import (
-    DeviceError,
-    check_device,
-    device_scope,
-    requested_device,
-    resolve_device,
-)
+from coto_tools.runtime.device import DeviceError, check_device, resolve_device
 from coto_tools.runtime.evaluator import Evaluator
 from coto_tools.runtime.executor import (
     EvaluatorSpec,
@@ -94,7 +89,7 @@ def test_explicit_cpu_equals_default() -> None:
             ev.close()
 
 
-def test_make_evaluator_and_scope_carry_the_device(no_cuda: None) -> None:
+def test_make_evaluator_and_local_device(no_cuda: None) -> None:
     ad = random_adapter(4)
     spec = EvaluatorSpec("tiny", (("default", ad),), split="quick")
     ev = make_evaluator(spec, ExecutorConfig(device="cpu"))
@@ -103,14 +98,7 @@ def test_make_evaluator_and_scope_carry_the_device(no_cuda: None) -> None:
     assert local_device(None) is None
     assert local_device(ExecutorConfig(device="cpu")) == "cpu"
     assert local_device(ExecutorConfig(kind=ExecutorKind.ray, device="cpu")) is None
-    assert requested_device() is None
-    with device_scope("CPU"):
-        assert requested_device() == "cpu"
-        assert Evaluator(get_task("tiny"), ad, split="quick").device == torch.device("cpu")
-    assert requested_device() is None
-    with pytest.raises(DeviceError, match="CUDA is not available"), device_scope("cuda"):
-        pass  # pragma: no cover
-    assert requested_device() is None
+    assert Evaluator(get_task("tiny"), ad, split="quick").device == torch.device("cpu")
     with pytest.raises(DeviceError, match="CUDA is not available"):
         Evaluator(get_task("tiny"), ad, split="quick", device="cuda")
 
@@ -156,6 +144,74 @@ def test_cli_cuda_without_cuda_is_one_line_exit_2(
         assert code == 2 and text in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_reproduce_cuda_without_cuda_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_cuda: None
+) -> None:
+    out = tmp_path / "r"
+    args = ["reproduce", "--task", "tiny", "--quick", "--quiet", "--out", str(out)]
+    for device, text in (("cuda", "--device cuda: CUDA is not available"),
+                         ("cuda:0", "--device cuda:0: CUDA is not available"),
+                         ("gpu", "allowed auto, cpu")):  # fmt: skip
+        code, _, err = run_cli([*args, "--device", device], capsys)
+        assert code == 2 and text in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()  # nothing trained, nothing written
+
+
+@pytest.fixture
+def devices(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The ``device`` argument of every :class:`Evaluator` built while the test runs."""
+    seen: list[object] = []
+    init = Evaluator.__init__
+
+    def spy(self: Evaluator, *args: object, **kw: object) -> None:
+        seen.append(kw.get("device"))
+        init(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Evaluator, "__init__", spy)
+    return seen
+
+
+@pytest.mark.parametrize("command", ["shapley", "prune", "lmc", "lmc-plane"])
+def test_cli_device_reaches_every_evaluator_explicitly(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], devices: list[object]
+) -> None:
+    """``--device cpu`` arrives as each evaluator's ``device`` argument (an evaluator built
+    without one would record ``None``); the default is ``auto``."""
+    a, b, c = (run_dir(tmp_path, n, s) for n, s in (("a", 1), ("b", 2), ("c", 3)))
+    args = {
+        "shapley": ["shapley", str(a), "--players", "layer", "--estimator", "exact"],
+        "prune": ["prune", str(a), "--strategies", "all,low", "--no-curves", "--no-rank-sweep"],
+        "lmc": ["lmc", str(a), str(b), "--points", "3"],  # delta and factor space
+        "lmc-plane": ["lmc", str(a), str(b), str(c), "--plane", "--grid", "3"],
+    }[command]
+    args += ["--split", "quick", "--quiet"]
+    for device, expected in (("cpu", "cpu"), (None, "auto")):
+        devices.clear()
+        flags = [] if device is None else ["--device", device]
+        code, _, err = run_cli([*args, *flags, "--out", str(tmp_path / f"o-{device}")], capsys)
+        assert code == 0, err
+        assert devices, "no evaluator was built"
+        # the factor-space evaluator takes the delta-space one's resolved device
+        assert {str(d) for d in devices} <= {expected, "cpu"} and str(devices[0]) == expected
+
+
+def test_run_modules_pass_the_executors_device(tmp_path: Path, devices: list[object]) -> None:
+    from coto_tools.lmc.run import LmcConfig, run_lmc
+    from coto_tools.prune import PruneConfig, run_prune
+
+    a, b = run_dir(tmp_path, "a", 1), run_dir(tmp_path, "b", 2)
+    pc = PruneConfig(checkpoints=(a,), split="quick", strategies=("all",), curves=False,
+                     rank_sweep=False, out=tmp_path / "p", force=True)  # fmt: skip
+    lc = LmcConfig(groups=((a, b),), points=3, space="delta", split="quick",  # type: ignore[arg-type]
+                   out=tmp_path / "l", force=True)  # fmt: skip
+    for executor, expected in ((None, None), (ExecutorConfig(device="cpu"), "cpu")):
+        devices.clear()
+        run_prune(pc, executor=executor)
+        run_lmc(lc, executor=executor)
+        assert devices == [expected, expected]
 
 
 def test_branch_keys_are_the_evaluators_keys() -> None:

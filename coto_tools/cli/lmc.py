@@ -11,8 +11,7 @@ from coto_tools.cli.shapley import DEVICE, EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.lmc.run import LmcConfig, Mode, run_lmc, write_outputs
 from coto_tools.lmc.space import SpaceChoice
-from coto_tools.runtime.device import device_scope
-from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind, local_device
+from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 from coto_tools.tasks import options as user_opts
 
 _D = LmcConfig(groups=((Path("a"), Path("b")),))  # the library's defaults, shown in --help
@@ -102,7 +101,7 @@ def lmc_cmd(
     accuracy barrier: max_a ((1-a) Acc_A + a Acc_B) - Acc(a) (Entezari et al., arXiv 2110.06296).
     """
     positional, pairs = parse_checkpoint_args(list(ctx.args))
-    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers, device=device)
+    run_on = executor_from_cli(executor, ray_address, workers, device)
     if from_zero and plane:
         raise OptionError("--from-zero and --plane cannot be combined")
     if plane and space not in (None, SpaceChoice.delta):
@@ -140,8 +139,7 @@ def lmc_cmd(
         out=out,
         force=force,
     )
-    with device_scope(local_device(run_on)):  # local evaluators follow --device
-        run = run_lmc(config, progress=not quiet, executor=run_on)
+    run = run_lmc(config, progress=not quiet, executor=run_on)
     paths = write_outputs(run)
     for res in run.results:
         for sp, bars in res.barriers().items():

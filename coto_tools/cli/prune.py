@@ -10,8 +10,7 @@ from coto_tools.cli._app import app
 from coto_tools.cli.shapley import DEVICE, EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.prune.run import PruneConfig
-from coto_tools.runtime.device import device_scope
-from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind, local_device
+from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 from coto_tools.tasks import options as user_opts
 
 _D = PruneConfig(checkpoints=(Path("a"),))  # the library's defaults, shown in --help
@@ -86,7 +85,7 @@ def prune_cmd(
     """Evaluate pruning strategies, fraction sweeps and rank truncation; write prune.csv,
     prune_curves.csv, prune_auc.csv, prune_strategies.png, prune_curves.png, prune_report.md."""
     seed_list = _ints(seeds, "--seeds") or ()
-    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers, device=device)
+    run_on = executor_from_cli(executor, ray_address, workers, device)
     if write_pruned is not None:
         from coto_tools.prune.outputs import write_pruned as write
 
@@ -131,7 +130,6 @@ def prune_cmd(
         force=force,
     )
     check_outputs(config)
-    with device_scope(local_device(run_on)):  # local evaluators follow --device
-        result = run_prune(config, progress=not quiet, executor=run_on)
+    result = run_prune(config, progress=not quiet, executor=run_on)
     paths = write_outputs(result)
     typer.echo(f"{config.out_dir()}: wrote {', '.join(p.name for p in paths)}")

@@ -11,7 +11,15 @@ import typer
 from coto_tools.cli._app import app
 from coto_tools.cli.shapley import EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
-from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind
+from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
+
+DEVICE = typer.Option(
+    "auto",
+    "--device",
+    help="Where evaluations run: auto (cuda when available, else cpu), cpu, cuda or cuda:N "
+    "(with --executor ray: auto/cuda give each worker one GPU, cuda:N is refused). Training "
+    "runs on the CPU whatever the device.",
+)
 
 
 @app.command("reproduce")
@@ -31,19 +39,21 @@ def reproduce_cmd(
     executor: ExecutorKind = EXECUTOR,
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
+    device: str = DEVICE,
 ) -> None:
     """Train LoRA and CoTo adapters alike, then generalisation, merging (same-task and
     cross-task), pruning, Shapley and LMC; write report.html, report.md and claims.json.
 
     Presets: default (3 seeds, 16 shots, 120 steps) and --quick (2 seeds, 8 shots, 40 steps,
-    quick split). A rerun reuses finished training runs and stages."""
+    quick split). A rerun reuses finished training runs and stages. Evaluations (merging,
+    pruning, Shapley, LMC) run on --device; training runs on the CPU."""
     from coto_tools.reproduce import ReproduceConfig, reproduce
 
     if threads < 0:
         raise OptionError(f"--threads must be >= 0, got {threads}")
+    run_on = executor_from_cli(executor, ray_address, workers, device)
     if threads:
         torch.set_num_threads(threads)
-    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
     config = ReproduceConfig(
         out=out,
         task=task,
@@ -51,7 +61,7 @@ def reproduce_cmd(
         quick=quick,
         steps=steps,
         force=force,
-        executor=None if run_on.is_local else run_on,
+        executor=run_on,
     )
     result = reproduce(config, progress=not quiet)
     typer.echo(

@@ -10,15 +10,15 @@ import typer
 from coto_tools.adapters.players import Grouping
 from coto_tools.cli._app import app
 from coto_tools.errors import OptionError
-from coto_tools.runtime.device import device_scope
-from coto_tools.runtime.executor import ExecutorConfig, ExecutorKind, local_device
+from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 from coto_tools.shapley.registry import Estimator
 from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, Split
 from coto_tools.tasks import options as user_opts
 
 _D = ShapleyConfig()  # the library's defaults, shown in --help
 
-# -- where evaluations run (issue 11); shared by shapley, prune and lmc --
+# -- where evaluations run (issue 11); shared by shapley, prune, lmc and reproduce --
+# (each command turns them into an ExecutorConfig with executor_from_cli)
 EXECUTOR = typer.Option(
     ExecutorKind.local,
     "--executor",
@@ -131,14 +131,13 @@ def shapley_cmd(
         out=None if several else out,
         force=force,
     )
-    run_on = ExecutorConfig(kind=executor, address=ray_address, workers=workers, device=device)
+    run_on = executor_from_cli(executor, ray_address, workers, device)
     if threads:
         torch.set_num_threads(threads)
-    with device_scope(local_device(run_on)):  # local evaluators follow --device
-        if several:
-            runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
-        else:
-            runs = [shapley_run(checkpoints[0], config, progress=not quiet, executor=run_on)]
+    if several:
+        runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
+    else:
+        runs = [shapley_run(checkpoints[0], config, progress=not quiet, executor=run_on)]
     for r in runs:
         p, s = r.primary, r.summary
         typer.echo(

@@ -24,6 +24,7 @@ from coto_tools.lmc.engine import PointEvaluator
 from coto_tools.lmc.grid import from_zero_positions, path_positions, plane_positions
 from coto_tools.lmc.result import LmcResult, PathKind, PlaneResult
 from coto_tools.lmc.space import Space, SpaceChoice, check_compatible, delta_gram, one_sided
+from coto_tools.runtime.device import DeviceLike
 from coto_tools.tasks.base import Task
 
 BASE_NAME = "base"
@@ -97,10 +98,12 @@ def lmc_path(
     label: str | None = None,
     progress: bool | Any = False,
     evaluator: PointEvaluator | None = None,
+    device: DeviceLike | None = None,
 ) -> LmcResult:
     """Metrics along ``A -> B`` at ``points`` evenly spaced ``a`` in ``[0, 1]`` (plus 0.5).
 
-    ``evaluator`` (optional) must hold both adapters under ``names``; by default one is built.
+    ``evaluator`` (optional) must hold both adapters under ``names``; by default one is built
+    on ``device`` (``None``: where the task's model is built, the CPU).
     Modules held by only one adapter count as zero on the other side (listed in the result).
     """
     spaces = _spaces(space)
@@ -109,7 +112,9 @@ def lmc_path(
     for s in spaces:
         check_compatible([adapter_a, adapter_b], s)
     own = evaluator is None
-    ev = evaluator or PointEvaluator(task, {n_a: adapter_a, n_b: adapter_b}, split=split)
+    ev = evaluator or PointEvaluator(
+        task, {n_a: adapter_a, n_b: adapter_b}, split=split, device=device
+    )
     try:
         with _bar(progress, len(positions) * len(spaces), f"lmc {n_a}->{n_b}") as bar:
             curves = trace_path(ev, n_a, n_b, positions, spaces, bar=bar)
@@ -137,18 +142,20 @@ def lmc_from_zero(
     label: str | None = None,
     progress: bool | Any = False,
     evaluator: PointEvaluator | None = None,
+    device: DeviceLike | None = None,
 ) -> LmcResult:
     """Metrics along ``t·adapter`` for ``t`` from 0 (base model) through 1 to ``max_scale``.
 
     Delta space scales ``ΔW`` by ``t``; factor space scales both factors by ``t`` (so ``ΔW`` by
     ``t²``), the factor path from an all-zero adapter. Barriers are over ``0 <= t <= 1``.
+    ``evaluator``/``device``: as in :func:`lmc_path`.
     """
     spaces = _spaces(space)
     if name == BASE_NAME:
         raise OptionError(f"name {BASE_NAME!r} is reserved for the base model")
     positions = from_zero_positions(points, max_scale)
     own = evaluator is None
-    ev = evaluator or PointEvaluator(task, {name: adapter}, split=split)
+    ev = evaluator or PointEvaluator(task, {name: adapter}, split=split, device=device)
     try:
         with _bar(progress, len(positions) * len(spaces), f"lmc 0->{name}") as bar:
             curves = trace_path(ev, None, name, positions, spaces, bar=bar)
@@ -173,12 +180,14 @@ def lmc_plane(
     names: Sequence[str] | None = None,
     progress: bool | Any = False,
     evaluator: PointEvaluator | None = None,
+    device: DeviceLike | None = None,
 ) -> PlaneResult:
     """Metrics over the delta-space plane ``ΔW_A + u·(ΔW_B - ΔW_A) + v·(ΔW_C - ΔW_A)``.
 
     Realised with three gated branches at gates ``(1 - u - v, u, v)``; the grid
     (:func:`~coto_tools.lmc.grid.plane_positions`) covers the triangle plus ``margin`` beyond
-    each side. The corners are the three adapters' own evaluations.
+    each side. The corners are the three adapters' own evaluations. ``evaluator``/``device``:
+    as in :func:`lmc_path`.
     """
     if len(adapters) != 3:
         raise OptionError(f"a plane needs exactly 3 adapters, got {len(adapters)}")
@@ -186,7 +195,9 @@ def lmc_plane(
     check_compatible(adapters, Space.delta)
     weights = plane_positions(grid, margin)
     own = evaluator is None
-    ev = evaluator or PointEvaluator(task, dict(zip(nm, adapters, strict=True)), split=split)
+    ev = evaluator or PointEvaluator(
+        task, dict(zip(nm, adapters, strict=True)), split=split, device=device
+    )
     metrics = []
     try:
         with _bar(progress, len(weights), "lmc plane") as bar:

@@ -24,7 +24,7 @@ from coto_tools.lmc.grid import from_zero_positions, path_positions, plane_posit
 from coto_tools.lmc.paths import BASE_NAME, lmc_from_zero, lmc_path, lmc_plane
 from coto_tools.lmc.result import CSV_METRICS, LmcResult, PlaneResult
 from coto_tools.lmc.space import Space, SpaceChoice, check_compatible
-from coto_tools.runtime.executor import ExecutorConfig
+from coto_tools.runtime.executor import ExecutorConfig, local_device
 from coto_tools.tasks.base import Task
 
 LMC_FORMAT = "coto-tools/lmc"
@@ -247,8 +247,9 @@ def run_lmc(
 ) -> LmcRun:
     """Load, validate (tasks, shapes, ranks, outputs), then evaluate every curve on one model.
 
-    ``executor`` (not local): points are evaluated on a Ray cluster; every point is listed
-    first (a dry run), evaluated in one parallel batch, then traced from the caches.
+    ``executor``: local (or ``None``): points are evaluated here, on ``executor.device`` (``None``:
+    the CPU); Ray: on the cluster, every point listed first (a dry run), evaluated in one
+    parallel batch, then traced from the caches.
     ``get_task``: how the task is made (default :func:`coto_tools.tasks.get_task`; a caller
     holding built tasks passes its own so their tokenised splits are reused)."""
     remote = executor is not None and not executor.is_local
@@ -275,7 +276,15 @@ def run_lmc(
             )
             plane_ev.prefetch(rec.points)
         try:
-            plane = lmc_plane(task, ads, names=labels, progress=progress, evaluator=plane_ev, **kw)
+            plane = lmc_plane(
+                task,
+                ads,
+                names=labels,
+                progress=progress,
+                evaluator=plane_ev,
+                device=local_device(executor),  # None on Ray: plane_ev is given
+                **kw,
+            )
         finally:
             if plane_ev is not None:
                 plane_ev.close()
@@ -289,7 +298,7 @@ def run_lmc(
         ev = _remote_points(config, loaded, task, adapters, executor)
         ev.prefetch(rec.points)
     else:
-        ev = PointEvaluator(task, adapters, split=config.split)
+        ev = PointEvaluator(task, adapters, split=config.split, device=local_device(executor))
     results: list[LmcResult]
     spaces = config.spaces
     if config.mode is Mode.from_zero:

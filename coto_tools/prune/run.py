@@ -37,7 +37,8 @@ from coto_tools.prune.sweeps import (
     fraction_sweep,
     removal_order,
 )
-from coto_tools.runtime.executor import ExecutorConfig
+from coto_tools.runtime.device import DeviceLike
+from coto_tools.runtime.executor import ExecutorConfig, local_device
 from coto_tools.tasks.base import METRIC_NAMES, Metrics, Task
 
 RUN_FILE = "coto.json"
@@ -231,11 +232,18 @@ def resolve_task_spec(name: str | None, path: Path, rec: Mapping[str, Any] | Non
     return task_spec(str(rec["task"]), dict(rec.get("task_variant") or {}))
 
 
-def default_evaluator(task: Task, adapters: Mapping[str, LoraAdapter], split: str) -> GateEvaluator:
-    """One :class:`~coto_tools.runtime.evaluator.Evaluator` holding every branch."""
+def default_evaluator(
+    task: Task,
+    adapters: Mapping[str, LoraAdapter],
+    split: str,
+    *,
+    device: DeviceLike | None = None,
+) -> GateEvaluator:
+    """One :class:`~coto_tools.runtime.evaluator.Evaluator` holding every branch, on ``device``
+    (``None``: the task's model where it is built, the CPU)."""
     from coto_tools.runtime.evaluator import Evaluator
 
-    return Evaluator(task, dict(adapters), split=split)
+    return Evaluator(task, dict(adapters), split=split, device=device)
 
 
 def _gates(names: Sequence[str], on: Sequence[str]) -> dict[str, float]:
@@ -247,16 +255,18 @@ def prune_checkpoint(
     config: PruneConfig,
     index: int,
     *,
-    factory: EvaluatorFactory = default_evaluator,
+    factory: EvaluatorFactory | None = None,
     progress: bool = False,
     executor: ExecutorConfig | None = None,
     get_task: Callable[..., Task] | None = None,
 ) -> CheckpointResult:
     """Strategies, sweeps and the rank sweep of ``config.checkpoints[index]``.
 
-    ``executor`` (not local): the evaluations run on a Ray cluster instead of ``factory``'s
-    evaluator; every configuration is listed first (a dry run) and evaluated in one parallel
-    batch, then the run reads them from the driver's cache (same numbers as local)."""
+    ``factory``: the checkpoint's evaluator (default: :func:`default_evaluator` on
+    ``executor.device``, see :func:`~coto_tools.runtime.executor.local_device`). ``executor``
+    (not local): the evaluations run on a Ray cluster instead; every configuration is listed
+    first (a dry run) and evaluated in one parallel batch, then the run reads them from the
+    driver's cache (same numbers as local)."""
     path = config.checkpoints[index]
     rec = read_record(path)
     label = config.labels[index] if config.labels else str((rec or {}).get("method", "adapter"))
@@ -320,7 +330,10 @@ def prune_checkpoint(
 
     total = 2 + len(plan) + len(orders) + len(grid)
     if executor is None or executor.is_local:
-        ev = factory(task, branches, config.split)
+        if factory is None:
+            ev = default_evaluator(task, branches, config.split, device=local_device(executor))
+        else:
+            ev = factory(task, branches, config.split)
     else:
         from coto_tools.runtime.executor import EvaluatorSpec, Recorder, make_evaluator
 
@@ -357,13 +370,14 @@ def prune_checkpoint(
 def run_prune(
     config: PruneConfig,
     *,
-    factory: EvaluatorFactory = default_evaluator,
+    factory: EvaluatorFactory | None = None,
     progress: bool = False,
     executor: ExecutorConfig | None = None,
     get_task: Callable[..., Task] | None = None,
 ) -> PruneResult:
     """Every checkpoint of ``config`` (see :func:`prune_checkpoint`); checks inputs first.
-    ``factory``: the evaluator of each checkpoint (closed after it, if it has ``close``);
+    ``factory``: the evaluator of each checkpoint (closed after it, if it has ``close``;
+    default: :func:`default_evaluator` on the executor's device);
     ``get_task``: how tasks are made (default :func:`coto_tools.tasks.get_task`; a caller
     holding built tasks passes its own so their tokenised splits are reused)."""
     missing = [str(p) for p in config.checkpoints if not p.exists()]

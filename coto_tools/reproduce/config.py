@@ -202,8 +202,9 @@ class ReproduceConfig:
     steps: int | None = None
     cross_tasks: tuple[TaskSpec, ...] | None = None
     force: bool = False
-    # Where pruning, Shapley and LMC evaluate (None: locally). Not part of any stage's key:
-    # a Ray run gives the local run's numbers.
+    # Where pruning, Shapley and LMC evaluate (None: locally, on the CPU); locally its device
+    # is where every evaluation (merging too) runs; training stays on the CPU. Not part of any
+    # stage's key: a Ray run gives the local run's numbers (another device: up to rounding).
     executor: ExecutorConfig | None = None
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@ Stages (each in ``DIR/<stage>/``, skipped on a rerun when finished with the same
 train, single, merge, cross, shapley, prune, lmc (sharing tasks, base models and evaluations
 through a :class:`~coto_tools.reproduce.workbench.Workbench`); then ``report.html``,
 ``report.md`` and ``claims.json`` in ``DIR`` (rebuilt on every call from the stages' outputs;
-cheap).
+cheap). Evaluations run on ``config.executor`` (its ``device`` locally); training runs on the
+CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from coto_tools.reproduce.report import META_FILE, build_report
 from coto_tools.reproduce.stage import Stage, read_json, say, write_json
 from coto_tools.reproduce.training import Run, train_stage
 from coto_tools.reproduce.workbench import Workbench
+from coto_tools.runtime.executor import local_device
 
 META_FORMAT = "coto-tools/reproduce"
 
@@ -51,6 +53,8 @@ def command_line(config: ReproduceConfig, preset: Preset) -> str:
         parts.append("--quick")
     if config.steps is not None:
         parts += ["--steps", str(config.steps)]
+    if config.executor is not None and config.executor.device != "auto":
+        parts += ["--device", config.executor.device]
     return " ".join([*parts, "--out", str(config.out)])
 
 
@@ -82,6 +86,16 @@ def single_stage(
     save(single_figure(rows, zs), work / "single.png")
     counters["stages_run"] += 1
     return stage.commit({"figures": ["single.png"], "summary": "single.json"})
+
+
+def _device(config: ReproduceConfig) -> str:
+    """Where the evaluations run, for ``reproduce.json`` (``cpu``, ``cuda``, ``ray:auto``...)."""
+    from coto_tools.runtime.device import resolve_device
+
+    ex = config.executor
+    if ex is None:
+        return "cpu"
+    return str(resolve_device(ex.device)) if ex.is_local else f"ray:{ex.device}"
 
 
 def _loadavg() -> list[float] | None:
@@ -118,12 +132,14 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceRes
         "preset": preset.as_dict(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "device": _device(config),
         "loadavg_start": _loadavg(),
     }
     write_json(meta_path, meta)
     counters = {"trained": 0, "evaluations": 0, "stages_run": 0, "stages_skipped": 0}
     say(f"{config.task}: {preset.name} preset, {preset.seeds} seed(s) -> {out}", progress=progress)
-    bench = Workbench()  # tasks, base models and evaluations shared by the stages
+    # tasks, base models and evaluations shared by the stages (evaluators on the device)
+    bench = Workbench(device=local_device(config.executor))
     kw: dict[str, Any] = {"progress": progress, "counters": counters, "bench": bench}
     try:
         runs = train_stage(config, preset, **kw)
@@ -146,6 +162,7 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceRes
                 "wall_time_s": round(wall, 2),
                 "loadavg_start": meta["loadavg_start"],
                 "loadavg_end": _loadavg(),
+                "device": meta["device"],
                 **counters,
             },
         ],

@@ -9,6 +9,11 @@ the preset's options). A :class:`Workbench` keeps
 * one base model per task: whoever uses it injects adapters and removes them when done (the
   runtime restores the base bit for bit), so the model handed out again is the model as built.
   :meth:`Workbench.model` refuses a model that still carries adapters (a user did not close);
+* the evaluation device (``Workbench(device=)``, ``reproduce --device``): the workbench's
+  evaluators run there. On the CPU they use the shared base model; on another device each task
+  gets a second base model, built for the evaluators and moved there
+  (:meth:`Workbench.eval_model`), so the model :meth:`Workbench.model` hands to training never
+  leaves the CPU (training runs on the CPU whatever the device);
 * the zero-shot metrics per (task, split): the base model's evaluation, the same for every
   training run of a task, measured by the first run and handed to the others;
 * one :class:`~coto_tools.runtime.evaluator.Evaluator` holding every main run as a named
@@ -30,6 +35,7 @@ from torch import nn
 
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.errors import CotoError
+from coto_tools.runtime.device import DeviceLike, resolve_device
 from coto_tools.runtime.evaluator import Evaluator
 from coto_tools.tasks.base import Metrics, Task
 
@@ -49,11 +55,15 @@ def same_adapter(a: LoraAdapter, b: LoraAdapter) -> bool:
 
 class Workbench:
     """Shared tasks, base models, zero-shot metrics and the main runs' evaluator (see module
-    doc). Call :meth:`close` when the reproduction ends."""
+    doc). ``device``: where the evaluators run (``auto``, ``cpu``, ``cuda``, ``cuda:N``;
+    ``None``: on the shared model where it is, the CPU); checked here. Call :meth:`close` when
+    the reproduction ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: DeviceLike | None = None) -> None:
+        self.device: torch.device | None = None if device is None else resolve_device(device)
         self._tasks: dict[str, Task] = {}
         self._models: dict[int, nn.Module] = {}
+        self._eval_models: dict[int, nn.Module] = {}  # per task, on a non-CPU device
         self._zero_shot: dict[tuple[int, str], Metrics] = {}
         self._runs_ev: Evaluator | None = None
         self._runs_key: tuple[Any, ...] | None = None
@@ -76,27 +86,38 @@ class Workbench:
             raise CotoError(f"task {task.name}: not a task of this workbench (use get_task)")
 
     def model(self, task: Task) -> nn.Module:
-        """The base model of ``task`` (a task from :meth:`get_task`), built on first use; the
-        caller removes its adapters when done (``Evaluator.close``, ``GatedModel.remove``)."""
-        from coto_tools.runtime.gated import GatedLoraLinear
-
+        """The base model of ``task`` (a task from :meth:`get_task`) on the CPU, built on first
+        use; the caller removes its adapters when done (``Evaluator.close``,
+        ``GatedModel.remove``)."""
         self._own(task)
         model = self._models.get(id(task))
         if model is None:
             model = self._models[id(task)] = task.build_model()
             self.models_built += 1
-        elif any(isinstance(m, GatedLoraLinear) for m in model.modules()):
-            raise CotoError(
-                f"task {task.name}: its shared base model still carries adapters (an evaluator "
-                "was not closed)"
-            )
-        return model
+        return _clean(task, model)
+
+    def eval_model(self, task: Task) -> nn.Module:
+        """The base model the evaluators of ``task`` use: :meth:`model` when the device is the
+        CPU (or ``None``), else a second one built for the evaluators and moved to the device."""
+        if self.device is None or self.device.type == "cpu":
+            return self.model(task)
+        self._own(task)
+        model = self._eval_models.get(id(task))
+        if model is None:
+            model = self._eval_models[id(task)] = task.build_model().to(self.device)
+            self.models_built += 1
+        return _clean(task, model)
 
     def evaluator(self, task: Task, adapters: Mapping[str, LoraAdapter], split: str) -> Evaluator:
-        """An :class:`Evaluator` of ``adapters`` on the shared model of ``task`` (close it)."""
+        """An :class:`Evaluator` of ``adapters`` on the shared evaluation model of ``task``, on
+        the workbench's device (close it)."""
         if self._runs_ev is not None and self._runs_ev.task is task:
             self.close_runs_evaluator()
-        return Evaluator(task, dict(adapters), split=split, model=self.model(task))
+        return self._evaluator(task, adapters, split)
+
+    def _evaluator(self, task: Task, adapters: Mapping[str, LoraAdapter], split: str) -> Evaluator:
+        model = self.eval_model(task)
+        return Evaluator(task, dict(adapters), split=split, model=model, device=self.device)
 
     # -- zero-shot ----------------------------------------------------------------------------
     def zero_shot(self, task: Task, split: str) -> Metrics | None:
@@ -121,7 +142,7 @@ class Workbench:
             if all(same_adapter(held[n], a) for n, a in adapters.items()):
                 return self._runs_ev
         self.close_runs_evaluator()
-        self._runs_ev = Evaluator(task, dict(adapters), split=split, model=self.model(task))
+        self._runs_ev = self._evaluator(task, adapters, split)
         self._runs_key = key
         return self._runs_ev
 
@@ -141,8 +162,21 @@ class Workbench:
     def close(self) -> None:
         self.close_runs_evaluator()
         self._models.clear()
+        self._eval_models.clear()
         self._zero_shot.clear()
         self._tasks.clear()
+
+
+def _clean(task: Task, model: nn.Module) -> nn.Module:
+    """``model``, refused if it still carries adapters (an evaluator was not closed)."""
+    from coto_tools.runtime.gated import GatedLoraLinear
+
+    if any(isinstance(m, GatedLoraLinear) for m in model.modules()):
+        raise CotoError(
+            f"task {task.name}: its shared base model still carries adapters (an evaluator "
+            "was not closed)"
+        )
+    return model
 
 
 class BranchView:

@@ -5,18 +5,15 @@
 :class:`DeviceError` (one line; the CLI exits 2). :func:`check_device` validates the spelling
 only (a Ray driver without a GPU may send work to GPU workers).
 
-:func:`device_scope` sets the device that evaluators built without an explicit ``device``
-use while the scope is open (the CLI opens one around a local run, so analysis code that builds
-its evaluators itself follows ``--device``); outside any scope such an evaluator leaves its
-model where it is (a task's model: on the CPU).
+The device is always passed explicitly (``Evaluator(..., device=)``; the analyses take it from
+their :class:`~coto_tools.runtime.executor.ExecutorConfig` through
+:func:`~coto_tools.runtime.executor.local_device`); an evaluator given no device leaves its model
+where it is (a task's model: on the CPU).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 
@@ -26,8 +23,6 @@ AUTO, CPU, CUDA = "auto", "cpu", "cuda"
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 _SPELLING = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DeviceLike = str | torch.device
-
-_REQUESTED: ContextVar[str | None] = ContextVar("coto_tools_device", default=None)
 
 
 class DeviceError(OptionError):
@@ -61,31 +56,10 @@ def resolve_device(device: DeviceLike = AUTO) -> torch.device:
     return dev
 
 
-@contextmanager
-def device_scope(device: DeviceLike | None) -> Iterator[None]:
-    """Evaluators built inside without an explicit ``device`` use ``device`` (``None``: leave
-    models where they are, the default outside any scope). Checked when entered."""
-    text = None if device is None else check_device(device)
-    if text is not None:
-        resolve_device(text)  # fail now, with the option's name, not deep inside a run
-    token = _REQUESTED.set(text)
-    try:
-        yield
-    finally:
-        _REQUESTED.reset(token)
-
-
-def requested_device() -> str | None:
-    """The device of the innermost open :func:`device_scope` (``None`` outside any)."""
-    return _REQUESTED.get()
-
-
 __all__ = [
     "DEVICE_CHOICES",
     "DeviceError",
     "DeviceLike",
     "check_device",
-    "device_scope",
-    "requested_device",
     "resolve_device",
 ]

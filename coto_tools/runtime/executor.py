@@ -99,11 +99,14 @@ LOCAL = ExecutorConfig()
 
 
 def executor_from_cli(
-    kind: str, address: str | None, workers: int | None, device: str = AUTO
+    kind: ExecutorKind | str, address: str | None, workers: int | None, device: str = AUTO
 ) -> ExecutorConfig:
-    """The CLI's ``--executor/--ray-address/--workers/--device`` as a config (validated)."""
+    """The ``--executor/--ray-address/--workers/--device`` options of ``shapley``, ``prune``,
+    ``lmc`` and ``reproduce`` as a config (validated: a local CUDA request without CUDA fails
+    here, before anything is written). Run modules pass its device to their local evaluators
+    explicitly (:func:`local_device`)."""
     return ExecutorConfig(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]  # a string is checked (and converted) there
         address=address,
         workers=workers,
         device=device,

@@ -17,7 +17,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -109,6 +109,15 @@ class _Progress:
             self.bar.close()
 
 
+def _advance(bar: Any, hook: Callable[[int], None] | None) -> Callable[[int], None]:
+    def on_computed(k: int) -> None:
+        bar.update(k)  # the exact count of used coalitions is set after the batch
+        if hook is not None:
+            hook(k)
+
+    return on_computed
+
+
 class Sampler(Protocol):
     """One sampling estimator's state."""
 
@@ -146,6 +155,9 @@ def run_sampler(
     v_empty, v_full = (float(x) for x in cached.values([0, full_key(n)]))
     sampler.start(v_empty, v_full)
     bar = _Progress(progress, budget, f"shapley[{name}]")
+    hook = cached.on_computed
+    if bar.bar is not None:  # advance the bar while a batch is computed in pieces
+        cached.on_computed = _advance(bar.bar, hook)
     trace_s: list[int] = []
     trace_e: list[int] = []
     trace_v: list[np.ndarray] = []
@@ -196,6 +208,7 @@ def run_sampler(
                     stopped_by = "tol"
                     done = True
     finally:
+        cached.on_computed = hook
         bar.close()
     if sampler.n_samples == 0:
         raise ShapleyError(

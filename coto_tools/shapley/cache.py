@@ -11,6 +11,13 @@ is stored, and a coalition is handed to the game at most once. With an
 :class:`~coto_tools.shapley.log.EvaluationLog` every new evaluation is appended to disk, and the
 log's previous entries are loaded first (resume).
 
+Order and pieces: a game with an ``evaluation_order(coalitions) -> indices`` method (e.g. the
+adapter game, whose evaluator reuses the hidden states of lower layers a configuration shares
+with earlier ones) gets each batch of new coalitions in that order, and with ``chunk=`` in
+pieces of at most that many coalitions, each logged as soon as it is done (so an interrupted run
+loses at most one piece) while the whole batch keeps one prefix-sharing order.
+``on_computed(k)`` is called after each piece with the number of coalitions computed in it.
+
 Two counters: ``n_evaluations`` is the number of distinct coalitions the current estimation run
 has *used* (the budget counts these, whether the value came from the game, the log, or an
 earlier run sharing this cache, so a resumed run takes exactly the decisions of an uninterrupted
@@ -41,6 +48,8 @@ class CachedGame:
         metric: the metric the estimators use (default: the only metric the game returns).
         log: an open :class:`EvaluationLog`; its entries prefill the cache, new ones are appended.
         store: an existing ``{key: {metric: value}}`` dict to share between caches.
+        chunk: most coalitions per call of the game (``None``: each batch in one call).
+        on_computed: called with the number of coalitions computed after each call of the game.
     """
 
     def __init__(
@@ -51,9 +60,15 @@ class CachedGame:
         metric: str | None = None,
         log: EvaluationLog | None = None,
         store: dict[int, dict[str, float]] | None = None,
+        chunk: int | None = None,
+        on_computed: Callable[[int], None] | None = None,
     ) -> None:
         if not isinstance(n_players, int) or n_players < 1:
             raise ShapleyError(f"n_players must be a positive int, got {n_players!r}")
+        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+            raise ShapleyError(f"chunk must be a positive int or None, got {chunk!r}")
+        self.chunk = chunk
+        self.on_computed = on_computed
         self.game = game
         self.n_players = n_players
         self.metric = metric
@@ -112,7 +127,23 @@ class CachedGame:
                 f"coalition(s) {shown} were never evaluated: this lookup game only holds the "
                 f"{len(self.store)} cached coalitions (recompute needs the same seed and samples)"
             )
-        out = self.game(keys_to_matrix(keys, self.n_players))
+        order = getattr(self.game, "evaluation_order", None)
+        if callable(order) and len(keys) > 1:
+            idx = np.asarray(order(keys_to_matrix(keys, self.n_players)), dtype=np.int64)
+            if sorted(idx.tolist()) != list(range(len(keys))):
+                raise ShapleyError(
+                    "the game's evaluation_order() did not return a permutation of the batch"
+                )
+            keys = [keys[i] for i in idx]
+        step = len(keys) if self.chunk is None else self.chunk
+        for start in range(0, len(keys), step):
+            piece = keys[start : start + step]
+            self._compute_piece(self.game, piece)
+            if self.on_computed is not None:
+                self.on_computed(len(piece))
+
+    def _compute_piece(self, game: Game, keys: list[int]) -> None:
+        out = game(keys_to_matrix(keys, self.n_players))
         self.n_calls += 1
         if isinstance(out, Mapping):
             columns = {

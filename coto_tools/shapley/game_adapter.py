@@ -85,6 +85,18 @@ class AdapterGame:
         """The evaluator configuration of one coalition: player modules on (1.0) or off (0.0)."""
         return {(self.adapter, m): g for m, g in self.players.gates(mask).items()}
 
+    def evaluation_order(self, coalitions: np.ndarray) -> np.ndarray:
+        """Row indices of ``coalitions`` in the evaluator's prefix-sharing order (its canonical
+        configuration keys sorted, lowest layers first; input order when the evaluator has no
+        ``key``). :class:`~coto_tools.shapley.cache.CachedGame` evaluates a batch in this order,
+        so pieces of it sent to the evaluator one after another walk one prefix tree."""
+        mat = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        key = getattr(self.evaluator, "key", None)
+        if not callable(key):
+            return np.arange(len(mat))
+        keys = [key(self.config(row)) for row in mat]
+        return np.array(sorted(range(len(mat)), key=keys.__getitem__), dtype=np.int64)
+
     def __call__(self, coalitions: np.ndarray) -> dict[str, np.ndarray]:
         """``coalitions``: bool ``(k, n_players)`` -> ``{metric: (k,)}`` (float64)."""
         mat = np.atleast_2d(np.asarray(coalitions, dtype=bool))

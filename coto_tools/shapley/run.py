@@ -28,7 +28,7 @@ from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Grouping, Players, make_players
 from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError
-from coto_tools.runtime.executor import ExecutorConfig
+from coto_tools.runtime.executor import ExecutorConfig, local_device
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.game_adapter import AdapterGame, game_fingerprint, weights_hash
 from coto_tools.shapley.log import EvaluationLog
@@ -63,7 +63,10 @@ class ShapleyConfig:
     ``coto.json`` (required for a checkpoint without one); ``out``: output directory (default
     ``<checkpoint>/shapley``); ``force``: discard an existing evaluation log (start over) instead
     of resuming from it; ``batch_size``: coalitions per evaluator call (the log is appended after
-    each); ``eval_batch_size``: documents per forward pass."""
+    each); ``sample_batch``: new coalitions the estimator draws before they are evaluated, in
+    one prefix-sharing order (pieces of ``batch_size``; ``tol`` is checked after each such
+    batch; the samples drawn do not depend on it); ``eval_batch_size``: documents per forward
+    pass."""
 
     players: Grouping = Grouping.module
     metric: Metric = Metric.logprob
@@ -77,6 +80,7 @@ class ShapleyConfig:
     out: Path | None = None
     force: bool = False
     batch_size: int = 64
+    sample_batch: int = 256
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -103,7 +107,7 @@ class ShapleyConfig:
             bad.append(f"--tol must be in (0, 1), got {self.tol}")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad.append(f"--seed must be an integer >= 0, got {self.seed}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.sample_batch < 1:
             bad.append("batch sizes must be >= 1")
         if bad:
             raise OptionError("; ".join(bad))
@@ -199,7 +203,7 @@ def _check_budget(config: ShapleyConfig, n: int) -> None:
         permutations=config.permutations,
         tol=None,
         seed=config.seed,
-        batch_size=config.batch_size,
+        batch_size=config.sample_batch,
     )
 
 
@@ -254,6 +258,7 @@ def shapley_run(
             split=config.split.value,
             batch_size=config.eval_batch_size,
             model=model,
+            device=local_device(executor),
         )
     else:  # the adapter is shipped by value: workers need not see the checkpoint
         from coto_tools.runtime.executor import EvaluatorSpec, make_evaluator
@@ -270,7 +275,9 @@ def shapley_run(
         game = AdapterGame(evaluator, prep.players, metrics=metrics, adapter=branch)
         with EvaluationLog(log_path, fingerprint, n) as log:
             from_log = len(log)
-            cached = CachedGame(game, n, metric=config.metric.value, log=log)
+            cached = CachedGame(
+                game, n, metric=config.metric.value, log=log, chunk=config.batch_size
+            )
             primary = estimate_shapley(
                 cached,
                 n,
@@ -280,7 +287,7 @@ def shapley_run(
                 tol=config.tol,
                 seed=config.seed,
                 progress=progress,
-                batch_size=config.batch_size,
+                batch_size=config.sample_batch,
                 player_names=prep.players.names,
             )
         results = {
