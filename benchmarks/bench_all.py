@@ -182,14 +182,15 @@ def section_train(args: argparse.Namespace) -> list[Row]:
 
 
 def section_reproduce(args: argparse.Namespace) -> list[Row]:
+    cli = [sys.executable, "-m", "coto_tools"]  # the CLI of this interpreter, PATH or not
     probe = subprocess.run(
-        ["coto-tools", "reproduce", "--help"], capture_output=True, text=True, check=False
+        [*cli, "reproduce", "--help"], capture_output=True, text=True, check=False
     )
     if probe.returncode != 0:
         print("coto-tools reproduce: not available")
         return [("reproduce --quick wall time", "n/a", "command not available")]
     with tempfile.TemporaryDirectory(prefix="bench_all_repro_") as tmp:
-        cmd = ["coto-tools", "reproduce", "--quick", "--out", str(Path(tmp) / "out")]
+        cmd = [*cli, "reproduce", "--quick", "--out", str(Path(tmp) / "out")]
         print("$ " + shlex.join(cmd))
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
