@@ -222,8 +222,8 @@ def test_merge_killed_leaves_no_partial_output(tmp_path: Path) -> None:
 
     def complete(out: Path, ref: Path) -> None:
         _same_adapter(load_adapter(out), load_adapter(ref))
-        cfg = json.loads((out / "adapter_config.json").read_text())
-        assert cfg["coto"]["method"] == "cat" and cfg["coto"]["weights"] == [0.7, -0.2]
+        rec = json.loads((out / "coto_provenance.json").read_text())  # written with the rest
+        assert rec["method"] == "cat" and rec["weights"] == [0.7, -0.2]
 
     counts = kill_campaign(tmp_path, argv, "merged", complete, seed=8)
     print("merge", counts, file=sys.stderr)

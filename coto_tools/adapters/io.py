@@ -33,6 +33,7 @@ from coto_tools.adapters.write import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     PEFT_PREFIX,
+    PROVENANCE,
     modules_to_save_names,
     modules_to_save_state_dict,
     peft_config,
@@ -47,6 +48,7 @@ __all__ = [
     "AdapterCheckpoint",
     "CotoWarning",
     "PEFT_PREFIX",
+    "PROVENANCE",
     "load_adapter",
     "modules_to_save_names",
     "modules_to_save_state_dict",
@@ -258,6 +260,9 @@ def _config_for(
     if cfg_path is not None or "adapter_config" in meta:
         if cfg_path is not None:
             cfg, where = read_config(cfg_path), str(cfg_path)
+            provenance = cfg_path.parent / PROVENANCE
+            if "coto" not in cfg and provenance.is_file():
+                cfg["coto"] = read_config(provenance)
         else:
             try:
                 cfg = json.loads(meta["adapter_config"])

@@ -19,6 +19,10 @@ from coto_tools.errors import CheckpointError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+PROVENANCE = "coto_provenance.json"
+"""Beside ``adapter_config.json`` in a directory output: what made the adapter (``extra_config``).
+Kept out of the config so that PEFT, which warns about keys it does not know, loads it quietly;
+:func:`~coto_tools.adapters.io.open_checkpoint` shows it as ``config["coto"]``."""
 PEFT_PREFIX = "base_model.model."
 # PEFT's in-memory name of a modules_to_save copy: ``<module>.modules_to_save.<adapter>.<param>``
 _MTS_INNER = re.compile(r"\.modules_to_save\.[^.]+\.")
@@ -80,7 +84,8 @@ def peft_config(
     """An ``adapter_config.json`` that PEFT loads: ``r``/``lora_alpha`` are the most common
     values, ``rank_pattern``/``alpha_pattern`` name the modules that differ, ``target_modules``
     lists the full module names. ``extra`` is recorded under the ``coto`` key (PEFT warns that
-    it ignores that key, and loads the adapter)."""
+    it ignores that key: :func:`save_adapter` uses it only for bare files, and writes
+    :data:`PROVENANCE` beside the config of a directory)."""
     mods = adapter.modules
     if not mods:
         raise CheckpointError(f"{adapter.source}: cannot write an adapter with no modules")
@@ -187,15 +192,18 @@ def save_adapter(
     """Write ``adapter`` as a PEFT directory, or a bare file when ``path`` ends in ``.safetensors``.
 
     Atomic: written to a temporary sibling, then renamed; an existing ``path`` is refused unless
-    ``force``. ``extra_config`` is recorded under the config's ``coto`` key; ``extra_files``
-    (name -> text) are written into a directory output.
+    ``force``. ``extra_config`` (what made the adapter) is written to :data:`PROVENANCE` in a
+    directory output and under the ``coto`` key of the config in a bare file's metadata; both
+    read back as ``open_checkpoint(path).config["coto"]``. ``extra_files`` (name -> text) are
+    written into a directory output.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    cfg = peft_config(adapter, base_model=base_model, extra=extra_config)
+    bare = path.suffix == ".safetensors"
+    cfg = peft_config(adapter, base_model=base_model, extra=extra_config if bare else None)
     tensors = _state_dict(adapter, _writable(set()))  # written, not kept: no copies needed
-    if path.suffix == ".safetensors":
+    if bare:
         if extra_files:
             raise CheckpointError(f"{path}: extra files need a directory output, not a bare file")
         with atomic_path(path, force=force) as tmp:
@@ -204,11 +212,15 @@ def save_adapter(
             )
     else:
         for fname in extra_files or {}:
-            if not fname or Path(fname).name != fname or fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            reserved = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROVENANCE)
+            if not fname or Path(fname).name != fname or fname in reserved:
                 raise CheckpointError(f"{path}: extra file name {fname!r} is not a plain new name")
         with atomic_path(path, force=force, directory=True) as tmp:
             save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+            if extra_config:
+                text = json.dumps(dict(extra_config), indent=2, default=str)
+                (tmp / PROVENANCE).write_text(text + "\n")
             for fname, text in (extra_files or {}).items():
                 (tmp / fname).write_text(text)
     return path

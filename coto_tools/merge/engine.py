@@ -93,7 +93,8 @@ class MergeReport:
     output: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """The options recorded in the output's config (under its ``coto`` key)."""
+        """What made the output: written to ``coto_provenance.json`` beside its config (a bare
+        file: the config's ``coto`` key); read back as ``open_checkpoint(out).config["coto"]``."""
         c = self.config
         return {
             "command": "merge",
