@@ -21,3 +21,19 @@ def _private_cache(
 ) -> None:
     """Keep the zero-shot cache of ``coto-tools tasks`` out of the user's home."""
     monkeypatch.setenv("COTO_TOOLS_CACHE", str(tmp_path_factory.getbasetemp() / "coto-cache"))
+
+
+@pytest.fixture
+def devices(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The ``device`` argument of every :class:`Evaluator` built while the test runs."""
+    from coto_tools.runtime.evaluator import Evaluator
+
+    seen: list[object] = []
+    init = Evaluator.__init__
+
+    def spy(self: Evaluator, *args: object, **kw: object) -> None:
+        seen.append(kw.get("device"))
+        init(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Evaluator, "__init__", spy)
+    return seen

@@ -160,20 +160,6 @@ def test_cli_reproduce_cuda_without_cuda_is_one_line_exit_2(
     assert not out.exists()  # nothing trained, nothing written
 
 
-@pytest.fixture
-def devices(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """The ``device`` argument of every :class:`Evaluator` built while the test runs."""
-    seen: list[object] = []
-    init = Evaluator.__init__
-
-    def spy(self: Evaluator, *args: object, **kw: object) -> None:
-        seen.append(kw.get("device"))
-        init(self, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Evaluator, "__init__", spy)
-    return seen
-
-
 @pytest.mark.parametrize("command", ["shapley", "prune", "lmc", "lmc-plane"])
 def test_cli_device_reaches_every_evaluator_explicitly(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], devices: list[object]

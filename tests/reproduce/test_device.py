@@ -14,7 +14,6 @@ import torch
 from coto_tools.cli import main
 from coto_tools.reproduce import ReproduceConfig, reproduce
 from coto_tools.reproduce.workbench import Workbench, same_adapter
-from coto_tools.runtime.evaluator import Evaluator
 from coto_tools.tasks import get_task
 from coto_tools.train import TrainConfig
 from coto_tools.train import loop as train_loop
@@ -57,23 +56,15 @@ def _cli(out: Path, *extra: str) -> None:
 
 
 def test_device_cpu_equals_the_default_run(
-    default_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    default_run: Path, tmp_path: Path, devices: list[object]
 ) -> None:
-    seen: list[object] = []
-    init = Evaluator.__init__
-
-    def spy(self: Evaluator, *args: object, **kw: object) -> None:
-        seen.append(kw.get("device"))
-        init(self, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Evaluator, "__init__", spy)
     out = _with_training_of(default_run, tmp_path / "cpu")
     _cli(out, "--device", "cpu")
     meta = json.loads((out / "reproduce.json").read_text())
     assert meta["device"] == "cpu" and "--device cpu" in meta["command"]
     assert meta["invocations"][-1]["trained"] == 0  # training reused: only stages were redone
     # every stage evaluator got the device (the factor-space LMC one: the resolved device)
-    assert seen and {str(d) for d in seen} == {"cpu"}
+    assert devices and {str(d) for d in devices} == {"cpu"}
     assert _summaries(out) == _summaries(default_run)  # same numbers, bit for bit
 
 
