@@ -17,7 +17,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -104,18 +104,15 @@ class _Progress:
             self.bar.n = info.evaluations
             self.bar.set_postfix(samples=info.n_samples, max_se=f"{info.max_std_error:.3g}")
 
+    def advance(self, k: int) -> None:
+        """``k`` more coalitions computed within a batch (:meth:`update` then sets the exact
+        count of used coalitions after it)."""
+        if self.bar is not None:
+            self.bar.update(k)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _advance(bar: Any, hook: Callable[[int], None] | None) -> Callable[[int], None]:
-    def on_computed(k: int) -> None:
-        bar.update(k)  # the exact count of used coalitions is set after the batch
-        if hook is not None:
-            hook(k)
-
-    return on_computed
 
 
 class Sampler(Protocol):
@@ -156,8 +153,13 @@ def run_sampler(
     sampler.start(v_empty, v_full)
     bar = _Progress(progress, budget, f"shapley[{name}]")
     hook = cached.on_computed
-    if bar.bar is not None:  # advance the bar while a batch is computed in pieces
-        cached.on_computed = _advance(bar.bar, hook)
+
+    def on_computed(k: int) -> None:  # advance the bar while a batch is computed in pieces
+        bar.advance(k)
+        if hook is not None:
+            hook(k)
+
+    cached.on_computed = on_computed
     trace_s: list[int] = []
     trace_e: list[int] = []
     trace_v: list[np.ndarray] = []
