@@ -34,7 +34,7 @@ import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
@@ -46,6 +46,7 @@ from coto_tools.adapters.players import Players
 from coto_tools.errors import OptionError, TaskError
 from coto_tools.runtime.branches import DEFAULT, Branch, BranchKeys, Config, ConfigKey
 from coto_tools.runtime.device import DeviceLike, resolve_device
+from coto_tools.runtime.dtype import DtypeLike, check_dtype, resolve_dtype
 from coto_tools.runtime.gated import GatedModel, inject
 from coto_tools.runtime.prefix import PrefixRunner, module_layer, supports_prefix
 from coto_tools.tasks.base import (
@@ -149,12 +150,17 @@ class Evaluator(BaseEvaluator):
     length-sorted forward chunk (default 32: less padding, about 15% less time on the built-in
     task; 0: the task's batches as given).
     ``logits_cache``: how many configurations' logits to keep for :meth:`metrics_per_example`.
+    ``dtype``: ``auto`` (float32 on the CPU, the model config's dtype on CUDA), ``float32``,
+    ``bfloat16`` or ``float16`` (:mod:`coto_tools.runtime.dtype`): a model built here is loaded in
+    it (:meth:`Task.build_model_in`), a given ``model`` is cast in place; ``None``: the model as
+    built or given. Adapter branches of a half-precision model run in float32 (as PEFT's).
     The evaluator owns the gates of its model: gates set on :attr:`handle` from outside are
     overwritten, and changing the model's weights invalidates the caches (build a new one).
 
     Public state: :attr:`task`, :attr:`split`, :attr:`adapters`, :attr:`device`,
     :attr:`branches` / :attr:`branch_keys`, :attr:`labels` (CPU ``(n,)``; empty for tasks
-    scored per token), :attr:`n_forward`, :attr:`n_cache_hits`.
+    scored per token), :attr:`n_examples` (rows of the split, also for tasks scored per token),
+    :attr:`dtype`, :attr:`n_forward`, :attr:`n_cache_hits`.
     """
 
     def __init__(
@@ -170,6 +176,7 @@ class Evaluator(BaseEvaluator):
         prefix_cache_mb: float = 256.0,
         text_chunk: int = 32,
         logits_cache: int = 64,
+        dtype: DtypeLike | None = None,
     ) -> None:
         if split not in SPLITS:
             raise OptionError(f"split {split!r}: allowed {', '.join(SPLITS)}")
@@ -186,11 +193,20 @@ class Evaluator(BaseEvaluator):
         self.task = task
         self.split = split
         self.adapters: dict[str, LoraAdapter] = named
-        self.model = task.build_model() if model is None else model
+        where = target if target is not None else (torch.device("cpu") if model is None else None)
+        want = None
+        if dtype is not None:
+            check_dtype(dtype)
+            on = where if where is not None else _device_of(cast(nn.Module, model))
+            want = resolve_dtype(dtype, on, task.native_dtype())
+        self.model = task.build_model_in(want) if model is None else model
         self.model.eval()
         if target is not None:
             self.model.to(target)  # before injecting: the adapters follow the base weights
+        if want is not None and model is not None:
+            self.model.to(want)
         self.device: torch.device = target if target is not None else _device_of(self.model)
+        self.dtype: torch.dtype = _dtype_of(self.model)
         self.handle: GatedModel = inject(self.model)
         for name, ad in named.items():
             self.handle.add_adapter(ad, name)
@@ -202,6 +218,7 @@ class Evaluator(BaseEvaluator):
         self._sums = uses_metric_sums(task)
         labels = torch.empty(0) if self._sums else torch.cat([b.labels for b in batches])
         self.labels: torch.Tensor = labels.cpu()
+        self.n_examples = sum(len(b) for b in batches)
         self.branch_keys = BranchKeys(named)
         self._runner: PrefixRunner | None = None
         self._prefix_end: list[int] = []
@@ -289,7 +306,11 @@ class Evaluator(BaseEvaluator):
                 logits = torch.cat([self.task.logits(self.model, b) for b in self.batches])
         logits = logits.float().cpu()
         self.n_forward += 1
-        self._cache[key] = metrics_from_logits(logits, self.labels)
+        metrics = metrics_from_logits(logits, self.labels)
+        extra = self.task.extra_metrics(self.split, logits, self.labels)
+        if extra:
+            metrics = replace(metrics, extra=tuple(sorted(extra.items())))
+        self._cache[key] = metrics
         if self._logits_cap:
             self._logits[key] = logits
             while len(self._logits) > self._logits_cap:
@@ -313,6 +334,14 @@ def _device_of(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a model without parameters)."""
     p = next(iter(model.parameters()), None)
     return torch.device("cpu") if p is None else p.device
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 without one)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def batch_to(batch: Batch, device: torch.device) -> Batch:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.errors import CotoError, OptionError
 from coto_tools.runtime.device import AUTO, CPU, DeviceLike, check_device, resolve_device
+from coto_tools.runtime.dtype import check_dtype
 from coto_tools.tasks.base import SPLITS, Metrics
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ class ExecutorConfig:
     ``device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     Local: where the evaluator runs (a CUDA request is checked here). Ray: ``auto`` and ``cuda``
     give each actor one GPU when the cluster has GPUs (``cuda`` requires them) and run it
-    there; ``cpu`` reserves no GPU; ``cuda:N`` is refused (Ray picks each actor's GPU)."""
+    there; ``cpu`` reserves no GPU; ``cuda:N`` is refused (Ray picks each actor's GPU).
+    ``dtype``: the dtype base models are built in (``auto``: float32 on the CPU, the model
+    config's dtype on CUDA; see :mod:`coto_tools.runtime.dtype`), on every worker."""
 
     kind: ExecutorKind = ExecutorKind.local
     address: str | None = None
@@ -64,6 +67,7 @@ class ExecutorConfig:
     cpus_per_worker: int = 1
     max_retries: int = 3
     device: str = AUTO
+    dtype: str = AUTO
 
     def __post_init__(self) -> None:
         try:
@@ -82,6 +86,7 @@ class ExecutorConfig:
         if self.kind is ExecutorKind.local and (self.address is not None or self.workers):
             raise OptionError("--ray-address and --workers need --executor ray")
         object.__setattr__(self, "device", check_device(self.device))
+        object.__setattr__(self, "dtype", check_dtype(self.dtype))
         if self.kind is ExecutorKind.local and self.device not in (AUTO, CPU):
             resolve_device(self.device)  # a CUDA request without CUDA: one clear error, now
         if self.kind is ExecutorKind.ray and ":" in self.device:
@@ -99,17 +104,22 @@ LOCAL = ExecutorConfig()
 
 
 def executor_from_cli(
-    kind: ExecutorKind | str, address: str | None, workers: int | None, device: str = AUTO
+    kind: ExecutorKind | str,
+    address: str | None,
+    workers: int | None,
+    device: str = AUTO,
+    dtype: str = AUTO,
 ) -> ExecutorConfig:
-    """The ``--executor/--ray-address/--workers/--device`` options of ``shapley``, ``prune``,
-    ``lmc`` and ``reproduce`` as a config (validated: a local CUDA request without CUDA fails
-    here, before anything is written). Run modules pass its device to their local evaluators
-    explicitly (:func:`local_device`)."""
+    """The ``--executor/--ray-address/--workers/--device/--dtype`` options of ``shapley``,
+    ``prune``, ``lmc`` and ``reproduce`` as a config (validated: a local CUDA request without
+    CUDA fails here, before anything is written). Run modules pass its device and dtype to their
+    local evaluators explicitly (:func:`local_device`, :func:`local_dtype`)."""
     return ExecutorConfig(
         kind=kind,  # type: ignore[arg-type]  # a string is checked (and converted) there
         address=address,
         workers=workers,
         device=device,
+        dtype=dtype,
     )
 
 
@@ -117,6 +127,12 @@ def local_device(executor: ExecutorConfig | None) -> str | None:
     """The device a local evaluator of ``executor`` should use (``None``: no executor given,
     leave the model where it is); pass it as ``Evaluator(..., device=local_device(executor))``."""
     return None if executor is None or not executor.is_local else executor.device
+
+
+def local_dtype(executor: ExecutorConfig | None) -> str | None:
+    """The dtype request a local evaluator of ``executor`` should use (``None``: no executor
+    given, the task's model as built): ``Evaluator(..., dtype=local_dtype(executor))``."""
+    return None if executor is None or not executor.is_local else executor.dtype
 
 
 @dataclass(frozen=True)
@@ -128,7 +144,7 @@ class EvaluatorSpec:
     weights) on every machine. ``adapters``: ``(branch name, adapter)`` pairs, each adapter a
     :class:`LoraAdapter` (shipped by value through the object store) or a checkpoint path (read
     by each worker: it must exist there). ``evaluator_options``: extra keyword options of
-    :class:`Evaluator` (``reuse_prefix``, ``prefix_cache_mb``, ``text_chunk``)."""
+    :class:`Evaluator` (``reuse_prefix``, ``prefix_cache_mb``, ``text_chunk``, ``dtype``)."""
 
     task: str
     adapters: tuple[tuple[str, AdapterSource], ...]
@@ -156,7 +172,7 @@ class EvaluatorSpec:
             raise OptionError(f"split {self.split!r}: allowed {', '.join(SPLITS)}")
         if self.batch_size <= 0:
             raise OptionError(f"batch_size must be positive, got {self.batch_size}")
-        allowed = {"reuse_prefix", "prefix_cache_mb", "text_chunk", "logits_cache"}
+        allowed = {"reuse_prefix", "prefix_cache_mb", "text_chunk", "logits_cache", "dtype"}
         unknown = sorted({k for k, _ in self.evaluator_options} - allowed)
         if unknown:
             raise OptionError(f"unknown evaluator option(s) {unknown}; allowed: {sorted(allowed)}")
@@ -167,13 +183,19 @@ class EvaluatorSpec:
 
         return {n: a if isinstance(a, LoraAdapter) else load_adapter(a) for n, a in self.adapters}
 
-    def build(self, *, model: Any = None, device: DeviceLike | None = None) -> Evaluator:
-        """A local :class:`Evaluator` of this spec on ``device`` (what every worker builds)."""
+    def build(
+        self, *, model: Any = None, device: DeviceLike | None = None, dtype: str | None = None
+    ) -> Evaluator:
+        """A local :class:`Evaluator` of this spec on ``device`` (what every worker builds);
+        ``dtype`` overrides the spec's ``dtype`` evaluator option."""
         from coto_tools.runtime.evaluator import Evaluator
         from coto_tools.tasks import get_task
 
         adapters = self.load_adapters()
         named: LoraAdapter | dict[str, LoraAdapter] = adapters
+        options = dict(self.evaluator_options)
+        if dtype is not None:
+            options["dtype"] = dtype
         return Evaluator(
             get_task(self.task),
             named,
@@ -181,7 +203,7 @@ class EvaluatorSpec:
             batch_size=self.batch_size,
             model=model,
             device=device,
-            **dict(self.evaluator_options),
+            **options,
         )
 
 
@@ -192,7 +214,7 @@ def make_evaluator(
     ``model``: a base model to reuse (local only; moved to the device)."""
     executor = executor or LOCAL
     if executor.is_local:
-        return spec.build(model=model, device=executor.device)
+        return spec.build(model=model, device=executor.device, dtype=executor.dtype)
     from coto_tools.runtime.ray_executor import RayEvaluator
 
     return RayEvaluator(spec, executor)
@@ -227,5 +249,6 @@ __all__ = [
     "Recorder",
     "executor_from_cli",
     "local_device",
+    "local_dtype",
     "make_evaluator",
 ]

@@ -5,13 +5,23 @@ holds. Gates are plain floats (or per-row tensors) set in O(1) without copying w
 of exactly 0 skips the branch: no compute and no autograd graph, so an inactive adapter gets no
 gradient. Removing the adapters puts the original ``nn.Linear`` objects back, so the base model
 is restored bit for bit.
+
+Wrapped layers: ``nn.Linear`` (weight ``(out, in)``) and transformers' GPT-2 ``Conv1D`` (weight
+``(in, out)``, PEFT's ``fan_in_fan_out``); adapters are always the linear map ``(out, in)``
+(``B @ A``), so a GPT-2 adapter read from PEFT needs no transposing here.
+
+Branch dtype (:func:`branch_dtype`): the branches of a float32 base run in float32; those of a
+bfloat16/float16 base keep ``A``, ``B`` in float32, the input is cast up, the branches are added
+to the base output in float32 and the sum is cast back once, as PEFT does by default
+(``autocast_adapter_dtype=True``). The gated forward then equals PEFT's in the same dtype up to
+float rounding of the base layers themselves (tests: bf16 tiny LLaMA/GPT-2 against PEFT).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +31,52 @@ from coto_tools.adapters.lora import LoraAdapter, LoraModule
 from coto_tools.errors import OptionError
 
 Gate = float | torch.Tensor
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def branch_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """The dtype adapter branches run in over a base of ``base_dtype``: float32 for half
+    precision bases (bfloat16, float16), the base's own dtype otherwise (see module doc)."""
+    return torch.float32 if base_dtype in _HALF else base_dtype
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D`` (GPT-2): ``y = x @ W + b``, ``W: (in,
+    out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def adaptable(module: nn.Module) -> bool:
+    """Whether the gated runtime can wrap ``module`` (``nn.Linear`` or a GPT-2 ``Conv1D``)."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of an ``nn.Linear`` or a ``Conv1D``."""
+    w = module.weight
+    if not isinstance(w, torch.Tensor) or w.ndim != 2:
+        raise OptionError(f"{type(module).__name__} has no 2-d weight")
+    out_f, in_f = (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
+    return int(out_f), int(in_f)
+
+
+def _not_adaptable(name: str, module: nn.Module) -> OptionError:
+    return OptionError(
+        f"module {name}: is a {type(module).__name__}; supported: nn.Linear and transformers' "
+        "Conv1D (GPT-2)"
+    )
 
 
 class GatedLoraLinear(nn.Module):
-    """``base(x) + Σ_j gate_j · scaling_j · B_j(A_j(dropout(x)))`` around one ``nn.Linear``."""
+    """``base(x) + Σ_j gate_j · scaling_j · B_j(A_j(dropout(x)))`` around one ``nn.Linear`` or
+    GPT-2 ``Conv1D``; branches in :func:`branch_dtype` of the base weight."""
 
-    def __init__(self, base: nn.Linear) -> None:
+    def __init__(self, base: nn.Module) -> None:
         super().__init__()
+        if not adaptable(base):
+            raise _not_adaptable("base", base)
         self.base = base
+        self._out, self._in = linear_shape(base)
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         self.scaling: dict[str, float] = {}
@@ -39,11 +87,11 @@ class GatedLoraLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return int(self.base.in_features)
+        return self._in
 
     @property
     def out_features(self) -> int:
-        return int(self.base.out_features)
+        return self._out
 
     def add(
         self, name: str, mod: LoraModule, *, trainable: bool = False, gate: float = 1.0
@@ -53,8 +101,9 @@ class GatedLoraLinear(nn.Module):
                 f"adapter shape ({mod.out_features} x {mod.in_features}) does not fit the Linear "
                 f"({self.out_features} x {self.in_features})"
             )
-        dtype = self.base.weight.dtype
-        device = self.base.weight.device
+        weight = cast(torch.Tensor, self.base.weight)  # 2-d: checked in __init__
+        dtype = branch_dtype(weight.dtype)
+        device = weight.device
         self.lora_A[name] = nn.Parameter(
             mod.A.detach().to(device=device, dtype=dtype).clone(), requires_grad=trainable
         )
@@ -82,20 +131,22 @@ class GatedLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
+        out_dtype = out.dtype
         for name, gate in self.gates.items():
             if isinstance(gate, float) and gate == 0.0:
                 continue
-            h = x
+            A = self.lora_A[name]
+            h = x if x.dtype == A.dtype else x.to(A.dtype)
             if self.dropout_p > 0.0 and self.training:
                 h = F.dropout(h, p=self.dropout_p, training=True)
-            branch = F.linear(F.linear(h, self.lora_A[name]), self.lora_B[name])
+            branch = F.linear(F.linear(h, A), self.lora_B[name])
             if isinstance(gate, torch.Tensor):
                 # per-row gates: shape (batch,) -> broadcast over the remaining dims
                 g = gate.to(branch.dtype).view(-1, *([1] * (branch.ndim - 1)))
                 out = out + (g * self.scaling[name]) * branch
             else:
                 out = out + (gate * self.scaling[name]) * branch
-        return out
+        return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
 def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -122,10 +173,8 @@ class GatedModel:
             target = self.model.get_submodule(path)
         except AttributeError as exc:
             raise OptionError(f"module {module_name}: not found in the model") from exc
-        if not isinstance(target, nn.Linear):
-            raise OptionError(
-                f"module {module_name}: is a {type(target).__name__}, only nn.Linear is supported"
-            )
+        if not adaptable(target):
+            raise _not_adaptable(module_name, target)
         parent, child = _get_parent(self.model, path)
         wrapper = GatedLoraLinear(target)
         setattr(parent, child, wrapper)
@@ -162,7 +211,7 @@ class GatedModel:
         return True
 
     def remove(self) -> nn.Module:
-        """Put the original ``nn.Linear`` modules back; returns the restored model."""
+        """Put the original ``nn.Linear``/``Conv1D`` modules back; returns the restored model."""
         for module_name, wrapper in self.layers.items():
             parent, child = _get_parent(self.model, self.prefix + module_name)
             setattr(parent, child, wrapper.base)
@@ -268,12 +317,13 @@ def fresh_adapter(
     mods: dict[str, LoraModule] = {}
     for t in targets:
         lin = model.get_submodule(prefix + t)
-        if not isinstance(lin, nn.Linear):
-            raise OptionError(f"module {t}: is a {type(lin).__name__}, only nn.Linear is supported")
-        A = torch.empty(rank, lin.in_features)
+        if not adaptable(lin):
+            raise _not_adaptable(t, lin)
+        out_f, in_f = linear_shape(lin)
+        A = torch.empty(rank, in_f)
         # kaiming_uniform_(a=sqrt(5)) on a (rank, in) matrix: bound = 1/sqrt(in)
-        bound = 1.0 / math.sqrt(lin.in_features)
+        bound = 1.0 / math.sqrt(in_f)
         A.uniform_(-bound, bound, generator=generator)
-        B = torch.zeros(lin.out_features, rank)
+        B = torch.zeros(out_f, rank)
         mods[t] = LoraModule(A=A, B=B, alpha=alpha, use_rslora=use_rslora)
     return LoraAdapter(mods)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -82,7 +83,7 @@ class _Worker:
     def evaluate_adapters(self, adapters: list[LoraAdapter]) -> tuple[list[Metrics], int]:
         """Each adapter alone (every module gate 1) on a second base model of the task."""
         if self._factor_model is None:
-            self._factor_model = self.ev.task.build_model()
+            self._factor_model = self.ev.task.build_model_in(self.ev.dtype)
         out = []
         for ad in adapters:
             ev = Evaluator(
@@ -144,6 +145,9 @@ class RayEvaluator(BaseEvaluator):
         self._actor_cls = ray.remote(
             num_cpus=executor.cpus_per_worker, num_gpus=gpus, max_restarts=0
         )(_Worker)
+        if "dtype" not in dict(spec.evaluator_options):  # --dtype reaches every worker
+            options = (*spec.evaluator_options, ("dtype", executor.dtype))
+            spec = replace(spec, evaluator_options=options)
         self._spec_ref = ray.put(spec)  # shipped once; actors get it from the object store
         self._shape = (executor.cpus_per_worker, gpus)
         reused = _take_idle(ray, self._shape, workers)

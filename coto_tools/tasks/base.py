@@ -36,11 +36,17 @@ class Metrics:
     loss: float
     logprob: float
     n: int
+    extra: tuple[tuple[str, float], ...] = ()
+    """Task-specific metrics beside these (e.g. ``accuracy_norm`` of multiple choice)."""
 
     def as_dict(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "loss": self.loss, "logprob": self.logprob, "n": self.n}
+        base = {"accuracy": self.accuracy, "loss": self.loss, "logprob": self.logprob, "n": self.n}
+        return base | dict(self.extra)
 
     def get(self, metric: str) -> float:
+        extra = dict(self.extra)
+        if metric in extra:
+            return float(extra[metric])
         if metric not in ("accuracy", "loss", "logprob", "perplexity"):
             raise KeyError(metric)
         return float(getattr(self, metric))
@@ -130,6 +136,25 @@ class Task(ABC):
 
     @abstractmethod
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def build_model_in(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """:meth:`build_model` in ``dtype`` (``None``: as built). The default casts the built
+        model; tasks that load weights from disk override it to load them in ``dtype`` directly
+        (no float32 copy of a large model first)."""
+        model = self.build_model()
+        return model if dtype is None else model.to(dtype)
+
+    def native_dtype(self) -> torch.dtype | None:
+        """The dtype the base model's config names (``--dtype auto`` uses it on CUDA); ``None``:
+        none named (float32)."""
+        return None
+
+    def extra_metrics(
+        self, split: str, logits: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, float]:
+        """Metrics beyond accuracy/loss/logprob from the split's ``(n, C)`` logits (in batch
+        order), reported beside them (:attr:`Metrics.extra`); default none."""
+        return {}
 
     def metric_sums(self, model: nn.Module, batch: Batch) -> MetricSums | None:
         """Additive metric sums of one batch, for tasks not scored by ``(n, C)`` logits.

@@ -12,20 +12,27 @@ builds one of three tasks, chosen by the data and ``label_prompts``:
 - ``text`` rows only: **causal language modelling** (``AutoModelForCausalLM``), scored per token
   through :meth:`~coto_tools.tasks.base.Task.metric_sums`: loss = mean next-token cross-entropy
   (perplexity = exp(loss)), accuracy = next-token argmax accuracy, logprob = mean token log-prob.
+- ``prompt,completion``, ``messages`` or ``question``/``context``,``choices``,``answer`` rows:
+  causal-LM tasks scored on the completion, the assistant turns, or by choice log-likelihood
+  (:mod:`coto_tools.tasks.lm_data`).
 
-Data: JSONL (one object per line) or CSV with a header (``.csv``/``.tsv``); columns ``text`` and
-optionally ``label``. Splits: ``eval`` and ``train`` are all rows (after ``limit``), ``quick`` the
-first :data:`N_QUICK`. Texts are truncated to ``max_length`` tokens; every batch has
-``batch_size`` rows (the evaluator's batch size is not used). Everything is read offline
-(``local_files_only``). ``head_from``: a checkpoint whose ``modules_to_save`` tensors (e.g. a
-trained ``classifier``) are loaded into the base model; they stay on for every configuration.
+Data: JSONL (one object per line) or CSV with a header (``.csv``/``.tsv``); the columns choose
+the format (:func:`detect_format`). Splits: ``eval`` and ``train`` are all rows (after ``limit``),
+``quick`` the first :data:`N_QUICK`. Texts are truncated to ``max_length`` tokens; every batch
+has ``batch_size`` rows (the evaluator's batch size is not used); causal-LM batches hold rows of
+similar length (sorted by token count, each batch trimmed to its longest row). Everything is
+read offline (``local_files_only``). ``head_from``: a checkpoint whose ``modules_to_save``
+tensors (e.g. a trained ``classifier``) are loaded into the base model; they stay on for every
+configuration.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +46,7 @@ from coto_tools.tasks.prompt_head import EncodedSplit, PromptTask, freeze
 
 N_QUICK = 64
 # default adapter targets: the attention query/value projections of common layouts
-_TARGET_LEAVES = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "q", "v")
+_TARGET_LEAVES = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "q", "v", "c_attn")
 
 
 @dataclass(frozen=True)
@@ -75,22 +82,44 @@ class UserOptions:
 OPTION_NAMES = tuple(f.name for f in fields(UserOptions))
 
 
+class DataFormat(str, Enum):
+    """What a data file holds, chosen by its columns (:func:`detect_format`)."""
+
+    text = "text"  # text[,label]
+    prompt_completion = "prompt,completion"
+    messages = "messages"
+    multiple_choice = "question/context,choices,answer"
+
+
+def detect_format(record: Mapping[str, Any]) -> DataFormat:
+    """The format of a data file from the columns of its first row: ``prompt``+``completion``,
+    ``messages``, ``choices``+``answer`` (with ``question`` and/or ``context``), else text."""
+    cols = set(record)
+    if {"prompt", "completion"} <= cols:
+        return DataFormat.prompt_completion
+    if "messages" in cols:
+        return DataFormat.messages
+    if {"choices", "answer"} <= cols and cols & {"question", "context"}:
+        return DataFormat.multiple_choice
+    return DataFormat.text
+
+
 @dataclass(frozen=True)
 class Row:
     text: str
     label: str | int | None
 
 
-def read_rows(path: str | Path, limit: int | None = None) -> list[Row]:
-    """Rows of a JSONL or CSV file (``text`` and optional ``label``), all checked."""
+def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of every row of a JSONL or CSV/TSV file (with a header)."""
     path = Path(path)
     records: list[tuple[int, dict[str, Any]]] = []
     try:
         if path.suffix.lower() in (".csv", ".tsv"):
             with path.open(newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-                if reader.fieldnames is None or "text" not in reader.fieldnames:
-                    raise TaskError(f"{path}: needs a header with a 'text' column")
+                if not reader.fieldnames:
+                    raise TaskError(f"{path}: needs a header row naming the columns")
                 records = [(i + 2, dict(r)) for i, r in enumerate(reader)]
         else:
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -105,6 +134,24 @@ def read_rows(path: str | Path, limit: int | None = None) -> list[Row]:
                 records.append((i, obj))
     except (OSError, UnicodeDecodeError) as exc:
         raise TaskError(f"{path}: cannot read: {exc}") from exc
+    if not records:
+        raise TaskError(f"{path}: no rows")
+    return records
+
+
+def read_rows(
+    path: str | Path,
+    limit: int | None = None,
+    records: list[tuple[int, dict[str, Any]]] | None = None,
+) -> list[Row]:
+    """Rows of a JSONL or CSV file (``text`` and optional ``label``), all checked."""
+    path = Path(path)
+    records = read_records(path) if records is None else records
+    if "text" not in records[0][1]:
+        raise TaskError(
+            f"{path}: no 'text' column (columns: {', '.join(records[0][1]) or 'none'}); "
+            "expected text[,label], prompt,completion, messages, or question/context,choices,answer"
+        )
     rows: list[Row] = []
     for line_no, rec in records:
         text = rec.get("text")
@@ -169,20 +216,40 @@ class _UserBase:
             raise OptionError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
         return self.rows[:N_QUICK] if split == "quick" else self.rows
 
-    def load_model(self) -> nn.Module:
+    def load_model(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """The base model (``dtype``: loaded in it; ``None``: transformers' default)."""
         import transformers
 
+        from coto_tools.runtime.gated import adaptable
+
         cls = getattr(transformers, self.auto_class)
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
         try:
-            model = cls.from_pretrained(self.opts.base_model, local_files_only=True)
+            model = cls.from_pretrained(self.opts.base_model, **kwargs)
         except (OSError, ValueError) as exc:
             raise TaskError(
                 f"cannot load {self.opts.base_model} as {self.auto_class}: {exc}"
             ) from exc
         if self.opts.head_from is not None:
             apply_modules_to_save(model, self.opts.head_from)
-        self._linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        self._linear_names = [n for n, m in model.named_modules() if adaptable(m)]
         return freeze(model)
+
+    def build_model_in(self, dtype: torch.dtype | None = None) -> nn.Module:
+        return self.load_model(dtype)
+
+    def native_dtype(self) -> torch.dtype | None:
+        from transformers import AutoConfig
+
+        from coto_tools.runtime.dtype import config_dtype
+
+        try:
+            cfg = AutoConfig.from_pretrained(self.opts.base_model, local_files_only=True)
+        except (OSError, ValueError):
+            return None
+        return config_dtype(cfg)
 
     def default_targets(self) -> list[str]:
         if self._linear_names is None:
@@ -313,6 +380,14 @@ class CausalLmTask(_EncodedTask):
     def _labels(self, rows: list[Row]) -> torch.Tensor:
         return torch.zeros(len(rows), dtype=torch.int64)  # per-token targets are the inputs
 
+    def batches(self, split: str, batch_size: int = 64) -> list[Batch]:
+        """Rows sorted by token count (longest first), ``batch_size`` a batch, each trimmed to
+        its longest row: the sums per token do not depend on the order."""
+        enc = self.encoded(split)
+        order = torch.sort(-enc.attention_mask.sum(dim=1), stable=True).indices
+        bs = self.opts.batch_size
+        return [self._batch(enc, order[i : i + bs]) for i in range(0, len(enc), bs)]
+
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         raise TaskError(
             f"{self.name}: a causal-LM task is scored per token (metric_sums), not by class "
@@ -373,7 +448,15 @@ def user_task(
 ) -> Task:
     """The user task for these options (kind chosen as the module docstring says)."""
     opts = UserOptions(base_model, data, label_prompts, max_length, batch_size, limit, head_from)
-    rows = read_rows(opts.data, opts.limit)
+    records = read_records(opts.data)
+    fmt = detect_format(records[0][1])
+    if fmt is not DataFormat.text:
+        if label_prompts is not None:
+            raise OptionError(f"--label-prompts needs text,label rows; {data} holds {fmt.value}")
+        from coto_tools.tasks.lm_data import lm_data_task
+
+        return lm_data_task(opts, fmt, records[: opts.limit] if opts.limit else records)
+    rows = read_rows(opts.data, opts.limit, records)
     labelled = rows[0].label is not None
     if label_prompts is not None:
         if not labelled:
