@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,31 +45,93 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
 def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Remove the temporary siblings ``.<name>.tmp-<pid>-*`` of ``path`` left by runs that were
-    killed (their process ``<pid>`` no longer exists); returns what was removed. Siblings of a
-    live process, or without a pid in their name, are left alone."""
+    """Remove the siblings of ``path`` left by runs that were killed (their process ``<pid>`` no
+    longer exists); returns what was removed. ``.<name>.tmp-<pid>-*`` is a half-written output;
+    ``.<name>.old-<pid>-*`` is an old output a ``--force`` replacement had moved aside: it is
+    put back when ``path`` is missing (the kill came between the two renames), else removed.
+    Siblings of a live process, or without a pid in their name, are left alone."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    head = f".{path.name}.tmp-"
+    heads = (f".{path.name}.tmp-", f".{path.name}.old-")
     removed: list[Path] = []
     try:
-        entries = [p for p in parent.iterdir() if p.name.startswith(head)]
+        entries = sorted(p for p in parent.iterdir() if p.name.startswith(heads))
     except OSError:
         return removed
     for entry in entries:
+        head = heads[0] if entry.name.startswith(heads[0]) else heads[1]
         pid_text = entry.name[len(head) :].split("-", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
             continue
         try:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            if head == heads[1] and not (path.exists() or path.is_symlink()):
+                os.rename(entry, path)  # the old output comes back: nothing is lost
+                continue
+            _remove(entry)
         except OSError:
             continue
         removed.append(entry)
     return removed
+
+
+def _no_clobber_rename(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist (atomically: a file is linked,
+    which fails if ``path`` appeared; a directory rename fails onto a non-empty directory)."""
+    if tmp.is_dir():
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(path))
+        os.rename(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system: check, then rename
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.rename(tmp, path)
+        return
+    tmp.unlink()
+
+
+def _replace(tmp: Path, path: Path, parent: Path) -> None:
+    """Put ``tmp`` at ``path``, moving whatever is there aside first (``--force``). Safe against
+    concurrent writers of the same ``path``: each attempt moves the current occupant aside and
+    retries, so every writer ends with a complete output at ``path`` (the last one's)."""
+    if not tmp.is_dir() and not path.is_dir():
+        os.replace(tmp, path)  # one atomic step: never a moment without ``path``
+        return
+    olds: list[Path] = []
+    try:
+        for _ in range(1000):
+            if path.exists() or path.is_symlink():
+                old = parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+                try:
+                    os.rename(path, old)
+                    olds.append(old)
+                except FileNotFoundError:  # another writer moved it first
+                    pass
+            try:
+                os.rename(tmp, path)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                    raise
+        raise OSError(errno.EBUSY, "output kept changing while being replaced", str(path))
+    finally:
+        for old in olds:
+            try:
+                _remove(old)
+            except OSError:
+                pass
 
 
 @contextmanager
@@ -77,9 +141,10 @@ def atomic_path(
     """Yield a temporary sibling of ``path``; on success rename it to ``path``.
 
     A failure (or a kill) leaves ``path`` as it was; the temporary sibling is removed on
-    exceptions (a SIGKILL can leave a ``.<name>.tmp-<pid>-*`` sibling behind, never ``path``
-    itself; the next write of ``path`` removes it, see :func:`remove_stale_temps`).
-    An existing ``path`` is refused unless ``force``.
+    exceptions (a SIGKILL can leave a ``.<name>.tmp-<pid>-*`` or ``.<name>.old-<pid>-*`` sibling
+    behind, never a partial ``path``; the next write of ``path`` cleans them up, see
+    :func:`remove_stale_temps`). An existing ``path`` is refused unless ``force``; an
+    ``OSError`` while writing or renaming becomes one :class:`CotoError` line.
     """
     path = Path(path)
     if path.exists() and not force:
@@ -103,26 +168,25 @@ def atomic_path(
     try:
         yield tmp
         _public_modes(tmp)
-        if path.exists():
-            if not force:
-                raise OutputExistsError(f"{path}: output appeared while writing; not overwritten")
-            if not tmp.is_dir() and not path.is_dir():
-                os.replace(tmp, path)  # one atomic step: never a moment without ``path``
-                return
-            old = parent / f".{path.name}.old-{os.getpid()}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+        if not force:
+            try:
+                _no_clobber_rename(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"{path}: output appeared while writing; not overwritten"
+                ) from None
+        else:
+            _replace(tmp, path, parent)
+    except BaseException as exc:
+        try:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
             else:
-                old.unlink(missing_ok=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, CotoError):
+            raise CotoError(f"{path}: cannot write the output: {exc.strerror or exc}") from exc
         raise
 
 

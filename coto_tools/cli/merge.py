@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from coto_tools.cli._app import app
+from coto_tools.cli._app import THREADS, app, apply_threads
 from coto_tools.errors import OptionError
 from coto_tools.merge import (
     KnotsMerge,
@@ -82,10 +82,21 @@ def merge_cmd(
     alpha: float | None = typer.Option(
         None, "--alpha", help="LoRA alpha for bare inputs without metadata."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace --out if it exists and coto-tools wrote it (anything else is refused).",
+    ),
+    allow_different_bases: bool = typer.Option(
+        False,
+        "--allow-different-bases",
+        help="Merge inputs made for different base models (base_model_name_or_path) or with "
+        "no module in common (refused by default).",
+    ),
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Read .bin inputs (torch.load weights_only=True)."
     ),
+    threads: int = THREADS,
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -110,6 +121,7 @@ def merge_cmd(
     task_plugin: str | None = user_opts.TASK_PLUGIN,
 ) -> None:
     """Merge LoRA adapters module by module, streaming from disk; no base model is loaded."""
+    apply_threads(threads)
     config = MergeConfig(
         method=method,
         weights=_parse_weights(weights),
@@ -128,7 +140,14 @@ def merge_cmd(
     if evaluate and not user.given() and task is None:
         raise OptionError("--eval needs a task: --task NAME, or --data FILE [--base-model DIR]")
     result = merge_files(
-        inputs, config, out, force=force, alpha=alpha, allow_pickle=allow_pickle, progress=True
+        inputs,
+        config,
+        out,
+        force=force,
+        alpha=alpha,
+        allow_pickle=allow_pickle,
+        progress=True,
+        allow_different_bases=allow_different_bases,
     )
     for line in result.report.summary():
         typer.echo(line)

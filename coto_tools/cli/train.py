@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
-from coto_tools.cli._app import app
-from coto_tools.errors import OptionError, OutputExistsError
+from coto_tools.adapters.outguard import check_output, task_files
+from coto_tools.cli._app import THREADS, app, apply_threads
 from coto_tools.tasks.presets import preset_for
 from coto_tools.train.config import GroupBy, Method, TrainConfig
 from coto_tools.train.lr import LrSchedule
@@ -60,15 +59,16 @@ def train_cmd(
         None, "--shots", help="Few-shot: K training examples per class."
     ),
     eval_split: str = typer.Option(_D.eval_split, "--eval-split", help="eval or quick."),
-    force: bool = typer.Option(False, "--force", help="Overwrite DIR if it exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace DIR if it exists and coto-tools wrote it."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    threads: int = THREADS,
 ) -> None:
     """Train a LoRA adapter with CoTo (arXiv 2506.05713) or plainly, and write a run directory."""
     from coto_tools.train.loop import train
 
-    if out.exists() and not force:  # refuse before spending minutes training
-        raise OutputExistsError(f"{out}: output exists; pass --force to overwrite it")
+    check_output(out, task_files(task), force=force)  # refuse before spending minutes training
     variant = {} if shots is None else {"shots": shots}
     preset = preset_for(task, variant)  # measured steps/batch/lr for the task's default variant
     steps = steps if steps is not None else (preset.steps if preset else _D.steps)
@@ -98,10 +98,7 @@ def train_cmd(
         lora_dropout=lora_dropout,
         eval_split=eval_split,
     )
-    if threads < 0:
-        raise OptionError(f"--threads must be >= 0, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     result = train(config, progress=not quiet)
     result.save(out, force=force)
     m, z = result.metrics, result.zero_shot

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from coto_tools.adapters.atomic import atomic_path, atomic_write_text
 from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
+from coto_tools.adapters.outguard import check_output, task_files
 from coto_tools.errors import CheckpointError, OptionError, OutputExistsError, TaskError
 from coto_tools.lmc.engine import PointEvaluator
 from coto_tools.lmc.grid import from_zero_positions, path_positions, plane_positions
@@ -231,8 +232,8 @@ def _labels(config: LmcConfig, by_path: dict[Path, Loaded]) -> list[str]:
 
 def check_outputs(config: LmcConfig) -> None:
     out = config.out_dir()
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out}: exists and is not a directory")
+    inputs = [p for g in config.groups for p in g] + task_files(config.task)
+    check_output(out, inputs, replaces=False, inside_ok=True)
     existing = [f for f in config.output_files() if (out / f).exists()]
     if existing and not config.force:
         raise OutputExistsError(f"{out}: {', '.join(existing)} exist(s); pass --force to overwrite")

@@ -24,7 +24,8 @@ from coto_tools.adapters import (
     open_checkpoint,
     save_adapter,
 )
-from coto_tools.errors import MergeError, OutputExistsError
+from coto_tools.adapters.outguard import check_output
+from coto_tools.errors import MergeError
 from coto_tools.merge.config import MergeConfig, MergeMethod, MergeSpace
 from coto_tools.merge.registry import REGISTRY, ModuleParts
 
@@ -325,6 +326,37 @@ def _merge_loop(
     return MergeResult(adapter, report)
 
 
+def _base_name(ckpt: AdapterCheckpoint) -> str | None:
+    base = ckpt.config.get("base_model_name_or_path")
+    return base.rstrip("/") if isinstance(base, str) and base.strip() else None
+
+
+def check_same_base(
+    ckpts: Sequence[AdapterCheckpoint], *, allow_different_bases: bool = False
+) -> None:
+    """Refuse to merge adapters of unrelated models: two inputs with no module name in common,
+    or different ``base_model_name_or_path`` (where both name one), unless
+    ``allow_different_bases``."""
+    if allow_different_bases or len(ckpts) < 2:
+        return
+    names = [set(c.module_names) for c in ckpts]
+    for i in range(len(ckpts)):
+        for j in range(i + 1, len(ckpts)):
+            if not names[i] & names[j]:
+                raise MergeError(
+                    f"{ckpts[i].path} and {ckpts[j].path} have no adapter module in common "
+                    "(adapters of different models?); pass --allow-different-bases to merge "
+                    "them anyway"
+                )
+    bases = {str(c.path): b for c in ckpts if (b := _base_name(c)) is not None}
+    if len(set(bases.values())) > 1:
+        shown = ", ".join(f"{p}: {b}" for p, b in bases.items())
+        raise MergeError(
+            f"the inputs were trained on different base models ({shown}); pass "
+            "--allow-different-bases to merge them anyway"
+        )
+
+
 def default_output(first_input: str | Path) -> Path:
     """``merged/`` beside the first input; ``merged-2/``, ``merged-3/``... if that exists."""
     parent = Path(first_input).parent
@@ -345,22 +377,24 @@ def merge_files(
     alpha: float | None = None,
     allow_pickle: bool = False,
     progress: bool = False,
+    allow_different_bases: bool = False,
 ) -> MergeResult:
     """Open, merge, and write ``out`` (a PEFT dir, or a bare file if it ends in .safetensors).
 
     ``out`` defaults to :func:`default_output` of the first input. Every check (options,
-    inputs, shapes, an existing output) happens before anything is written.
+    inputs, shapes, an existing output, an output that would replace or lie inside an input:
+    :func:`~coto_tools.adapters.outguard.check_output`) happens before anything is written.
+    Inputs with no module in common with each other, or made for different base models
+    (``base_model_name_or_path``), are refused unless ``allow_different_bases``.
     """
     if not paths:
         raise MergeError("nothing to merge: give at least one input")
     config.resolve(len(paths))
     ckpts = [open_checkpoint(p, alpha=alpha, allow_pickle=allow_pickle) for p in paths]
     target = default_output(paths[0]) if out is None else Path(out)
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target}: output exists; pass --force to overwrite it")
-    resolved = {Path(p).resolve() for p in paths} | {c.weights_path.resolve() for c in ckpts}
-    if target.resolve() in resolved:
-        raise MergeError(f"{target}: the output would overwrite an input")
+    read = [*paths, *(c.weights_path for c in ckpts)]
+    check_output(target, read, force=force, replaces=True)
+    check_same_base(ckpts, allow_different_bases=allow_different_bases)
     result = merge_adapters(ckpts, config, progress=progress)
     report = replace(result.report, output=str(target))
     save_adapter(result.adapter, target, force=force, extra_config=report.record())

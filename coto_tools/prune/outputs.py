@@ -6,6 +6,7 @@ from pathlib import Path
 
 from coto_tools.adapters.atomic import atomic_path, atomic_write_text
 from coto_tools.adapters.io import load_adapter, save_adapter
+from coto_tools.adapters.outguard import check_output, task_files
 from coto_tools.errors import OptionError, OutputExistsError
 from coto_tools.prune.report import write_report
 from coto_tools.prune.run import (
@@ -30,8 +31,8 @@ from coto_tools.prune.tables import (
 def check_outputs(config: PruneConfig) -> Path:
     """The output folder, refused when it holds outputs of ours and ``force`` is not set."""
     out = config.out_dir()
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out}: exists and is not a directory")
+    inputs = [*config.checkpoints, *config.shapley, *task_files(config.task)]
+    check_output(out, inputs, replaces=False, inside_ok=True)
     existing = [f for f in OUTPUT_FILES if (out / f).exists()]
     if existing and not config.force:
         raise OutputExistsError(f"{out}: {', '.join(existing)} exist(s); pass --force to overwrite")
@@ -86,8 +87,7 @@ def write_pruned(
     (atomic; an existing ``out`` is refused unless ``force``). Returns ``(out, kept)``."""
     s = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out}: output exists; pass --force to overwrite it")
+    check_output(out, [checkpoint, shapley], force=force, replaces=True)
     if s.kind.value.startswith("shapley") and shapley is None:
         raise OptionError(f"strategy {s.name} needs --shapley shapley.csv")
     if shapley is not None and not Path(shapley).is_file():

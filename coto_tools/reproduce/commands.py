@@ -130,7 +130,8 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
     for r in runs.values():
         rec = d["root"] / r["dir"] / "coto.json"
         if rec.is_file():
-            lines.append(train_command(read_json(rec)["config"], f"{out_dir}/{r['dir']}"))
+            cfg = read_json(rec, required={"config": dict})["config"]
+            lines.append(train_command(cfg, f"{out_dir}/{r['dir']}"))
     main = [f"{out_dir}/{r['dir']}" for r in runs.values() if r["role"] == "main"]
     run_path = {n: f"{out_dir}/{r['dir']}" for n, r in runs.items()}
     main_spec = task_spec(meta["task"], (meta.get("preset") or {}).get("task_variant") or {})

@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from coto_tools.adapters.atomic import atomic_write_text
+from coto_tools.adapters.outguard import check_output
 from coto_tools.errors import OptionError
+from coto_tools.jsonio import JsonFileError
 from coto_tools.reproduce import commands as cmd
 from coto_tools.reproduce.claims import RULE, build_claims
 from coto_tools.reproduce.stage import DONE_FILE, read_json
@@ -27,7 +30,7 @@ def load_dir(root: Path) -> dict[str, Any]:
         raise OptionError(f"{root}: not a reproduction directory (no {META_FILE})")
     data: dict[str, Any] = {
         "root": root,
-        "meta": read_json(root / META_FILE),
+        "meta": read_json(root / META_FILE, required={"task": str}, optional=_META_SHAPE),
         "done": {},
         "summaries": {},
     }
@@ -35,12 +38,34 @@ def load_dir(root: Path) -> dict[str, Any]:
         f = root / st / DONE_FILE
         if not f.is_file():
             continue
-        done = read_json(f)
+        done = read_json(
+            f,
+            optional={"summary": str, "wall_time_s": float, "cpu_time_s": float, "finished": str},
+        )
         data["done"][st] = done
         if done.get("summary"):
+            if Path(done["summary"]).name != done["summary"]:
+                raise JsonFileError(f"{f}: 'summary' must be a file name in {root / st}")
             data["summaries"][st] = read_json(root / st / done["summary"])
-    data["claims"] = build_claims(data["summaries"])
+    with _shape_errors(root):
+        data["claims"] = build_claims(data["summaries"])
     return data
+
+
+_META_SHAPE = {"preset": dict, "invocations": list, "out": str, "command": str}
+
+
+@contextmanager
+def _shape_errors(root: Path) -> Iterator[None]:
+    """A stage summary or record of ``root`` whose content is not what the report reads (a
+    list where an object belongs, a missing field, ...) becomes one error line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        raise JsonFileError(
+            f"{root}: a record or stage summary does not have the expected content "
+            f"({type(exc).__name__}: {exc}); rerun coto-tools reproduce --out {root}"
+        ) from exc
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -86,12 +111,18 @@ def _sections(
         f"lr {preset.get('lr')}, rank {preset.get('rank')}, alpha {preset.get('alpha')}, task "
         f"options {preset.get('task_variant')}. Accuracies on the {preset.get('split')} split; "
         f"Shapley and LMC on the {preset.get('analysis_split')} split.",
-        f"Machine: {meta.get('cpus')} CPU(s). Each "
+        f"Machine: {meta.get('cpus')} CPU(s), {meta.get('torch_threads', '?')} torch thread(s); "
+        "CPU time = user + system seconds of all the process's threads. Each "
         "invocation below reused what earlier ones finished (a rerun trains and evaluates "
         "nothing that is done).",
     ]
     times = [
-        [st, _f(done[st].get("wall_time_s"), 1), done[st].get("finished", "")]
+        [
+            st,
+            _f(done[st].get("wall_time_s"), 1),
+            _f(done[st].get("cpu_time_s"), 1),
+            done[st].get("finished", ""),
+        ]
         for st in STAGES
         if st in done
     ]
@@ -99,6 +130,7 @@ def _sections(
         [
             "started",
             "wall time (s)",
+            "CPU time (s)",
             "load average at start",
             "at end",
             "trained",
@@ -111,6 +143,7 @@ def _sections(
             [
                 i["started"],
                 _f(i["wall_time_s"], 1),
+                _f(i.get("cpu_time_s"), 1),
                 str(i.get("loadavg_start")),
                 str(i.get("loadavg_end")),
                 str(i["trained"]),
@@ -118,7 +151,7 @@ def _sections(
                 str(i["stages_skipped"]),
             ]
         )
-    stages = [["stage", "wall time (s)", "finished"], *times]
+    stages = [["stage", "wall time (s)", "CPU time (s)", "finished"], *times]
     secs.append(("Overview", paras, [inv, stages], []))
     secs.append(
         (
@@ -429,7 +462,14 @@ def build_report(dirs: Sequence[str | Path] | str | Path, *, out: str | Path | N
         raise OptionError("report: with several directories, give --out for the combined page")
     target = Path(out) if out is not None else ds[0]
     datas = [load_dir(p) for p in ds]
+    read = [d["root"] / f for d in datas for f in (META_FILE, *(f"{s}/" for s in STAGES))]
+    check_output(target, [], replaces=False)
+    for name in ("claims.json", "report.md", "report.html"):
+        check_output(target / name, read, replaces=False, inside_ok=True)
+    with _shape_errors(target if len(ds) > 1 else ds[0]):  # every page built before any write
+        pages = (json.dumps(claims_json(datas), indent=2) + "\n", render_md(datas, target))
+        page_html = render_html(datas)
     target.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target / "claims.json", json.dumps(claims_json(datas), indent=2) + "\n")
-    atomic_write_text(target / "report.md", render_md(datas, target))
-    return atomic_write_text(target / "report.html", render_html(datas))
+    atomic_write_text(target / "claims.json", pages[0])
+    atomic_write_text(target / "report.md", pages[1])
+    return atomic_write_text(target / "report.html", page_html)

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coto_tools.adapters.outguard import check_output
 from coto_tools.errors import OptionError
+from coto_tools.threads import cpu_time_s
 from coto_tools.reproduce.analyses import lmc_stage, main_runs, prune_stage, shapley_stage
 from coto_tools.reproduce.config import Preset, ReproduceConfig
 from coto_tools.reproduce.merging import cross_stage, merge_stage
@@ -45,6 +47,7 @@ class ReproduceResult:
     stages_skipped: int
     wall_time_s: float
     counters: dict[str, int] = field(default_factory=dict)
+    cpu_time_s: float = 0.0  # user + system of this process's threads (not Ray workers)
 
 
 def command_line(config: ReproduceConfig, preset: Preset) -> str:
@@ -109,14 +112,20 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceRes
     """Run (or resume) a reproduction in ``config.out``; see the module docstring."""
     import torch
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_time_s()
     preset = config.preset()
     out = config.out
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, [], replaces=False)
     meta_path = out / META_FILE
-    meta: dict[str, Any] = read_json(meta_path) if meta_path.is_file() else {}
+    if out.is_dir() and not meta_path.is_file() and any(out.iterdir()):
+        raise OptionError(
+            f"--out {out}: a folder holding other files, not a coto-tools reproduction (no "
+            f"{META_FILE}); choose a new or empty folder"
+        )
+    meta: dict[str, Any] = (
+        read_json(meta_path, optional={"invocations": list}) if meta_path.is_file() else {}
+    )
+    out.mkdir(parents=True, exist_ok=True)
     if meta and (meta.get("task"), meta.get("quick")) != (config.task, config.quick):
         raise OptionError(
             f"{out}: holds a reproduction of task {meta.get('task')} (quick={meta.get('quick')}); "
@@ -152,14 +161,18 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceRes
     finally:
         bench.close()
     wall = time.perf_counter() - t0
+    cpu = cpu_time_s() - c0  # this process, all its threads (not Ray workers)
     meta |= {
         "wall_time_s": round(wall, 2),
+        "cpu_time_s": round(cpu, 2),
         "loadavg_end": _loadavg(),
         "invocations": [
             *meta.get("invocations", []),
             {
                 "started": started,
                 "wall_time_s": round(wall, 2),
+                "cpu_time_s": round(cpu, 2),
+                "torch_threads": meta["torch_threads"],
                 "loadavg_start": meta["loadavg_start"],
                 "loadavg_end": _loadavg(),
                 "device": meta["device"],
@@ -180,5 +193,6 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceRes
         stages_run=counters["stages_run"],
         stages_skipped=counters["stages_skipped"],
         wall_time_s=wall,
+        cpu_time_s=cpu,
         counters=dict(counters),
     )

@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from coto_tools import jsonio
 from coto_tools.adapters.atomic import atomic_write_text
-from coto_tools.errors import CheckpointError
+from coto_tools.errors import CheckpointError, CotoError
+from coto_tools.threads import cpu_time_s
 
 DONE_FILE = "done.json"
 STAGE_FORMAT = "coto-tools/reproduce-stage"
@@ -48,11 +50,10 @@ def say(message: str, *, progress: bool = True) -> None:
         print(f"[reproduce] {message}", file=sys.stderr, flush=True)
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read: {exc}") from exc
+def read_json(path: Path, **shape: Any) -> Any:
+    """A JSON object file, checked (:func:`coto_tools.jsonio.read_json`; ``shape``: its
+    ``required``/``optional`` keys): any problem is one error line naming the file."""
+    return jsonio.read_json(path, **shape)
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -72,7 +73,7 @@ class Stage:
         # in place: the stage's outputs are each atomic themselves (training run directories)
         self.in_place = in_place
         self.work = self.dir if in_place else self.root / f".{name}.partial"
-        self._t0 = 0.0
+        self._t0 = self._c0 = 0.0
 
     def reused(
         self, *, force: bool, progress: bool, counters: dict[str, int]
@@ -91,7 +92,7 @@ class Stage:
             return None
         try:
             rec = read_json(f)
-        except CheckpointError:
+        except CotoError:
             return None
         if not isinstance(rec, dict) or rec.get("key") != self.key:
             return None
@@ -104,7 +105,7 @@ class Stage:
         self.work.mkdir(parents=True, exist_ok=True)
         stale = self.work / DONE_FILE
         stale.unlink(missing_ok=True)
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), cpu_time_s()
         return self.work
 
     def commit(self, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -114,6 +115,7 @@ class Stage:
             "stage": self.name,
             "key": self.key,
             "wall_time_s": round(time.perf_counter() - self._t0, 3),
+            "cpu_time_s": round(cpu_time_s() - self._c0, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **dict(info or {}),
         }

@@ -8,8 +8,9 @@ every coalition, so one set of evaluations serves all metrics (see
 configurations share their lower layers (prefix reuse), and caches by configuration.
 
 :func:`game_fingerprint` identifies a game for :class:`~coto_tools.shapley.EvaluationLog`: the
-adapter weights' hash, the task and its options, the split, the players and the metrics, so a
-log is never resumed against a different game.
+adapter weights' hash and scalings (config), the task, its options and the content of the files
+it reads (data, plugin, local base model), the split, the players and the metrics with their
+definitions, so a log is never resumed against a different game.
 """
 
 from __future__ import annotations
@@ -137,6 +138,62 @@ def weights_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
+METRIC_DEFINITIONS = (
+    "v1: logprob = mean log-probability of the gold label; accuracy = mean of argmax == label; "
+    "loss = mean cross-entropy (language models: per-token sums)"
+)
+"""Recorded in every fingerprint: change it when a metric's definition changes, so that logs of
+the old definition are not resumed."""
+
+_FULL_HASH_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+
+
+def _hash_file(h: Any, f: Path) -> None:
+    size = f.stat().st_size
+    h.update(f"{f.name}\0{size}\0".encode())
+    with f.open("rb") as fh:
+        if size <= _FULL_HASH_BYTES:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:  # a large weight file: its size, first and last MiB identify it
+            h.update(fh.read(_EDGE_BYTES))
+            fh.seek(size - _EDGE_BYTES)
+            h.update(fh.read(_EDGE_BYTES))
+
+
+def content_digest(path: str | Path) -> str:
+    """SHA-256 identifying the content of an input file or folder (a data file, a plugin, a
+    local base model): files up to 64 MiB are hashed whole, larger ones by their size and
+    their first and last MiB (an in-place edit in the middle of a larger file that keeps its
+    size is not seen); a folder by its visible files, recursively, in name order."""
+    p = Path(path)
+    h = hashlib.sha256()
+    try:
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p)
+                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    h.update(str(rel).encode() + b"\0")
+                    _hash_file(h, f)
+        elif p.is_file():
+            _hash_file(h, p)
+        else:
+            h.update(b"<missing>")
+    except OSError as exc:
+        raise ShapleyError(f"{p}: cannot read to fingerprint it: {exc.strerror or exc}") from exc
+    return h.hexdigest()
+
+
+def adapter_scalings(adapter: Any) -> dict[str, list[Any]]:
+    """``{module: [rank, alpha, use_rslora]}``: what the adapter config decides (``lora_alpha``,
+    ``alpha_pattern``, ``rank_pattern``, ``use_rslora``) beyond the weights."""
+    return {
+        n: [int(m.rank), float(m.alpha), bool(m.use_rslora)]
+        for n, m in sorted(adapter.modules.items())
+    }
+
+
 def game_fingerprint(
     *,
     weights: str,
@@ -145,16 +202,25 @@ def game_fingerprint(
     split: str,
     players: Players,
     metrics: Sequence[str],
+    scalings: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> str:
-    """A short stable id of an adapter game (see module docstring)."""
+    """A short stable id of an adapter game: everything that changes a value. The adapter
+    weights' hash and ``scalings`` (:func:`adapter_scalings`: the config's alphas, ranks,
+    rsLoRA), the task and its options, ``inputs`` (``{path: content_digest}`` of the data,
+    plugin and local base model the task reads), the split, the players, the metrics and
+    :data:`METRIC_DEFINITIONS`."""
     spec = {
         "weights_sha256": weights,
+        "scalings": dict(scalings or {}),
         "task": task,
         "task_variant": dict(task_variant),
+        "inputs_sha256": dict(sorted((inputs or {}).items())),
         "split": split,
         "grouping": players.grouping,
         "players": [[n, list(m)] for n, m in zip(players.names, players.members, strict=True)],
         "metrics": sorted(metrics),
+        "metric_definitions": METRIC_DEFINITIONS,
     }
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return f"adapter-game:{hashlib.sha256(blob).hexdigest()[:32]}"

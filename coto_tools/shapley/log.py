@@ -10,7 +10,9 @@ File format (``evaluations.jsonl``), one JSON object per line:
 
 Each line is flushed when written, so a run killed with ``kill -9`` loses at most the line being
 written. On reopening, a truncated last line (no newline, or not valid JSON) is dropped and cut
-off the file before anything is appended; a damaged line anywhere else is an error. A log whose
+off the file before anything is appended; a damaged line anywhere else is an error. A logged
+value that is not finite (``NaN``, ``Infinity``, or ``null``, which is how such a value is
+written: the file is strict JSON) is not reused: that coalition is evaluated again. A log whose
 fingerprint or player count differs from the caller's is refused with :class:`ShapleyError`, so
 values of one game are never reused for another.
 """
@@ -18,6 +20,7 @@ values of one game are never reused for another.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +50,7 @@ class EvaluationLog:
         self.n_players = n_players
         self.entries: dict[int, dict[str, float]] = {}
         self.dropped_partial_line = False
+        self.non_finite_dropped = 0
         self._fh: IO[str] | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
             self._read_existing()
@@ -64,7 +68,7 @@ class EvaluationLog:
         for number, line in enumerate(complete, start=1):
             try:
                 obj = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                 if number == len(complete) and not tail:
                     # killed while writing a line whose newline did get out: treat as partial
                     tail = line
@@ -84,7 +88,10 @@ class EvaluationLog:
         self._check_header(parsed[0])
         for number, obj in enumerate(parsed[1:], start=2):
             key, values = self._parse_entry(obj, number)
-            self.entries.setdefault(key, values)
+            if all(math.isfinite(v) for v in values.values()):
+                self.entries.setdefault(key, values)
+            else:  # NaN/inf (or null) logged: not reused, the coalition is evaluated again
+                self.non_finite_dropped += 1
         if tail:
             self.dropped_partial_line = True
             with self.path.open("r+b") as fh:
@@ -125,8 +132,8 @@ class EvaluationLog:
         if not isinstance(values, dict) or not values:
             raise ShapleyError(f"{self.path}: line {number}: 'values' must be a non-empty object")
         try:
-            return key, {str(k): float(v) for k, v in values.items()}
-        except (TypeError, ValueError) as exc:
+            return key, {str(k): math.nan if v is None else float(v) for k, v in values.items()}
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ShapleyError(f"{self.path}: line {number}: non-numeric value ({exc})") from exc
 
     # -- writing -----------------------------------------------------------------------------
@@ -147,7 +154,10 @@ class EvaluationLog:
         if self._fh is None:
             raise ShapleyError(f"{self.path}: log is closed")
         clean = {str(k): float(v) for k, v in values.items()}
-        line = json.dumps({"coalition": key_to_string(key, self.n_players), "values": clean})
+        strict = {k: (v if math.isfinite(v) else None) for k, v in clean.items()}  # JSON null
+        line = json.dumps(
+            {"coalition": key_to_string(key, self.n_players), "values": strict}, allow_nan=False
+        )
         self._fh.write(line + "\n")
         self._fh.flush()
         self.entries.setdefault(key, clean)

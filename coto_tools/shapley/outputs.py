@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from coto_tools.adapters.atomic import atomic_write_text
 from coto_tools.adapters.players import Players
+from coto_tools.jsonio import dumps_strict
 from coto_tools.shapley.plots import (
     ALL,
     heatmap_grid,
@@ -167,7 +167,7 @@ def write_outputs(
     }
     files = {
         "csv": atomic_write_text(out / CSV_FILE, csv_text(players, results, primary)),
-        "json": atomic_write_text(out / JSON_FILE, json.dumps(doc, indent=2) + "\n"),
+        "json": atomic_write_text(out / JSON_FILE, dumps_strict(doc, indent=2) + "\n"),
     }
     if not figures:
         return files

@@ -15,9 +15,11 @@ sequence depends only on the seed, returns the numbers of an uninterrupted run.
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,18 @@ import numpy as np
 
 from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
+from coto_tools.adapters.outguard import check_output, task_files
 from coto_tools.adapters.players import Grouping, Players, make_players
 from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError
 from coto_tools.runtime.executor import ExecutorConfig, local_device
 from coto_tools.shapley.cache import CachedGame
-from coto_tools.shapley.game_adapter import AdapterGame, game_fingerprint, weights_hash
+from coto_tools.shapley.game_adapter import (
+    AdapterGame,
+    adapter_scalings,
+    content_digest,
+    game_fingerprint,
+    weights_hash,
+)
 from coto_tools.shapley.log import EvaluationLog
 from coto_tools.shapley.outputs import write_outputs
 from coto_tools.shapley.registry import Estimator, estimate_shapley, recompute
@@ -133,6 +142,8 @@ class Prepared:
     players: Players
     out: Path
     weights_sha256: str
+    inputs_sha256: dict[str, str] = field(default_factory=dict)
+    """``{path: content digest}`` of the files the task reads (data, plugin, base model)."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +172,7 @@ def default_out(checkpoint: Path) -> Path:
 
 def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
     """Load the checkpoint, resolve its task and players; raise on any bad input, write nothing."""
-    from coto_tools.tasks import get_task
+    from coto_tools.tasks import get_task, task_spec
     from coto_tools.train.run import RUN_FILE, read_record
 
     ckpt = Path(checkpoint)
@@ -176,6 +187,9 @@ def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
         raise TaskError(
             f"{ckpt}: no task known (no {RUN_FILE} from coto-tools train); pass --task NAME"
         )
+    out = config.out if config.out is not None else default_out(ckpt)
+    reads = task_files(task_spec(task_name, variant))
+    check_output(out, [ckpt, *reads], replaces=False, inside_ok=True)
     task = get_task(task_name, **variant)
     adapter = load_adapter(ckpt)
     players = make_players(adapter.modules, config.players)
@@ -188,9 +202,33 @@ def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
         task_name=task_name,
         task_variant=variant,
         players=players,
-        out=config.out if config.out is not None else default_out(ckpt),
+        out=out,
         weights_sha256=weights_hash(ckpt),
+        inputs_sha256={str(p): content_digest(p) for p in reads},
     )
+
+
+def cap_budget(config: ShapleyConfig, n: int) -> tuple[ShapleyConfig, str | None]:
+    """A sampling request that may use at least the ``2^n`` distinct coalitions of the game
+    (``budget``, or what ``permutations`` can cost) becomes the exact computation, which needs
+    exactly those ``2^n`` evaluations and has no sampling error (a sampler could never draw a
+    new coalition past them); returns the config to run and a note saying so (or ``None``)."""
+    if config.estimator in (Estimator.EXACT, Estimator.AUTO) or n > 62:
+        return config, None
+    total = 1 << n
+    budget = config.effective_budget()
+    if config.permutations is not None:
+        per = 2 + config.permutations * (n - 1)
+        budget = per if budget is None else min(budget, per)
+    if budget is None or budget < total:
+        return config, None
+    note = (
+        f"budget {budget} >= the {total} distinct coalitions of {n} players: computing the "
+        f"exact Shapley values ({total} evaluations) instead of sampling with "
+        f"{config.estimator.value}"
+    )
+    exact = replace(config, estimator=Estimator.EXACT, budget=total, permutations=None, tol=None)
+    return exact, note
 
 
 def _check_budget(config: ShapleyConfig, n: int) -> None:
@@ -231,10 +269,7 @@ def shapley_run(
     caller owns it (it is not closed here). ``figures``: write the heatmap and convergence
     figures (``False``: only the CSV, the JSON and the log).
     """
-    from coto_tools.runtime.evaluator import Evaluator
-
     prep = checkpoint if isinstance(checkpoint, Prepared) else prepare(checkpoint, config)
-    t0 = time.perf_counter()
     metrics = list(METRIC_NAMES)
     fingerprint = game_fingerprint(
         weights=prep.weights_sha256,
@@ -243,13 +278,72 @@ def shapley_run(
         split=config.split.value,
         players=prep.players,
         metrics=metrics,
+        scalings=adapter_scalings(prep.adapter),
+        inputs=prep.inputs_sha256,
     )
     n = len(prep.players)
+    requested = config
+    config, capped = cap_budget(config, n)
+    if capped is not None:
+        warnings.warn(capped, stacklevel=2)
     _check_budget(config, n)
-    prep.out.mkdir(parents=True, exist_ok=True)
+    created = _missing_dirs(prep.out)
     log_path = prep.out / LOG_FILE
-    if config.force and log_path.exists():
-        log_path.unlink()
+    try:
+        prep.out.mkdir(parents=True, exist_ok=True)
+        if config.force and log_path.exists():
+            log_path.unlink()
+    except OSError as exc:
+        raise ShapleyError(f"{prep.out}: cannot write here: {exc.strerror or exc}") from exc
+    try:
+        return _run(prep, config, requested, capped, fingerprint, log_path, progress, model,
+                    executor, evaluator, branch, figures)  # fmt: skip
+    except BaseException:
+        _remove_if_empty(log_path, created)
+        raise
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet (deepest first)."""
+    missing = []
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _remove_if_empty(log_path: Path, created: list[Path]) -> None:
+    """After a failed run: an evaluation log holding no evaluation, and the folders this run
+    created if nothing else is left in them (a failure leaves no empty output behind)."""
+    try:
+        if log_path.is_file() and log_path.read_bytes().count(b"\n") <= 1:
+            log_path.unlink()
+        for d in created:
+            d.rmdir()  # only if empty (OSError otherwise: kept)
+    except OSError:
+        pass
+
+
+def _run(
+    prep: Prepared,
+    config: ShapleyConfig,
+    requested: ShapleyConfig,
+    capped: str | None,
+    fingerprint: str,
+    log_path: Path,
+    progress: bool,
+    model: Any,
+    executor: ExecutorConfig | None,
+    evaluator: Any,
+    branch: str,
+    figures: bool,
+) -> ShapleyRunResult:
+    from coto_tools.runtime.evaluator import Evaluator
+
+    t0 = time.perf_counter()
+    metrics = list(METRIC_NAMES)
+    n = len(prep.players)
     own = evaluator is None
     if not own:
         _check_shared(evaluator, branch, prep, config)
@@ -309,14 +403,18 @@ def shapley_run(
         "n_examples": int(len(evaluator.labels)),
         "grouping": prep.players.grouping,
         "metric": config.metric.value,
-        "estimator_requested": config.estimator.value,
+        "estimator_requested": requested.estimator.value,
         "budget": config.effective_budget(),
+        "budget_requested": requested.effective_budget(),
+        "budget_note": capped,
         "permutations": config.permutations,
         "tol": config.tol,
         "seed": config.seed,
         "fingerprint": fingerprint,
-        "evaluations_from_log": from_log,
+        # of the coalitions this estimate used: those computed now, the rest came from the log
+        "evaluations_from_log": max(0, primary.evaluations - game.n_evaluated),
         "evaluations_computed": game.n_evaluated,
+        "log_entries_before": from_log,
         "wall_time_s": round(wall, 3),
     }
     files = write_outputs(

@@ -123,7 +123,11 @@ def log_csv(rows: Sequence[LogRow]) -> str:
 
 
 def save_run(result: TrainResult, out: str | Path, *, force: bool = False) -> Path:
-    """Write ``result`` as a run directory ``out`` (refused if it exists, unless ``force``)."""
+    """Write ``result`` as a run directory ``out`` (refused if it exists, unless ``force`` and
+    coto-tools wrote it: :func:`~coto_tools.adapters.outguard.check_output`)."""
+    from coto_tools.adapters.outguard import check_output
+
+    check_output(out, force=force)
     return save_adapter(
         result.adapter,
         out,
