@@ -103,18 +103,18 @@ def test_listing_shows_the_preset_numbers(monkeypatch, capsys) -> None:  # type:
         lambda self: {"train": 1, "eval": 2, "quick": 3},
     )
     m = DEFAULT_PRESET.measured
-    main(["tasks", "bbc-topic"])
+    main(["tasks", "bbc-topic", "--no-zero-shot"])
     out = capsys.readouterr().out
     for v in (m["zero_shot"], m["lora"]["accuracy"], m["coto"]["accuracy"]):
         assert f"{v:.3f}" in out
     assert "default preset of bbc-topic" in out and f"{DEFAULT_PRESET.steps} steps" in out
-    main(["tasks", "bbc-topic", "--json"])
+    main(["tasks", "bbc-topic", "--json", "--no-zero-shot"])
     (info,) = json.loads(capsys.readouterr().out)
     assert info["preset"]["measured"]["zero_shot"] == m["zero_shot"]
     assert info["preset"]["variant"] == dict(DEFAULT_PRESET.variant)
-    main(["tasks", "tiny"])  # no preset for other tasks
+    main(["tasks", "tiny", "--no-zero-shot"])  # no preset for other tasks
     assert "default preset" not in capsys.readouterr().out
-    main(["tasks", "bbc-topic", "-o", "max_tokens=9"])  # another variant: not the preset's
+    main(["tasks", "bbc-topic", "-o", "max_tokens=9", "--no-zero-shot"])  # not the preset's
     assert "default preset" not in capsys.readouterr().out
     assert catalog.render_presets([]) == ""
 

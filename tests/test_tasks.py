@@ -188,11 +188,11 @@ def test_cli_tasks_lists_and_caches_zero_shot(tmp_path, monkeypatch, capsys) -> 
     from coto_tools.tasks.catalog import ZERO_SHOT_FILE
 
     monkeypatch.setenv("COTO_TOOLS_CACHE", str(tmp_path))
-    main(["tasks", "tiny", "--json"])
+    main(["tasks", "tiny", "--json", "--no-zero-shot"])
     (info,) = json.loads(capsys.readouterr().out)
     assert info["sizes"] == {"train": 300, "eval": 96, "quick": 32} and info["zero_shot"] is None
-    assert not (tmp_path / ZERO_SHOT_FILE).exists()  # the plain listing computes nothing
-    main(["tasks", "tiny", "--zero-shot", "--json"])
+    assert not (tmp_path / ZERO_SHOT_FILE).exists()  # --no-zero-shot computes nothing
+    main(["tasks", "tiny", "--json"])  # the plain listing measures what is not cached
     (info,) = json.loads(capsys.readouterr().out)
     task = get_task("tiny")
     assert info["zero_shot"]["accuracy"] == evaluate(task, task.build_model()).accuracy

@@ -6,8 +6,10 @@ registers itself on :data:`app`; :func:`main` imports them all.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from coto_tools.errors import CotoError
+from coto_tools.threads import passive_waiting, set_threads
 
 app = typer.Typer(
     name="coto-tools",
@@ -38,6 +41,49 @@ def _root() -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+# -- torch CPU threads: one option for every command (issue 19) --
+THREADS = typer.Option(
+    0,
+    "--threads",
+    help="torch CPU threads (0: as many as there are free cores now, at least 1; OpenMP "
+    "threads wait passively, so a busy machine does not slow them down many times).",
+)
+
+
+def apply_threads(threads: int) -> int:
+    """Set torch's CPU threads for this command (``0``: automatic); see
+    :mod:`coto_tools.threads`."""
+    return set_threads(threads)
+
+
+_CHOICE = re.compile(r"'(?P<value>[^']*)' is not one of (?P<choices>.+?)\.?$")
+_PARAM = re.compile(r"Invalid value for (?P<param>'[^']+'|\S+):")
+
+
+def did_you_mean(value: str, choices: Sequence[str]) -> str | None:
+    """The closest of ``choices`` to a mistyped ``value`` (case ignored), or ``None``."""
+    by_lower = {c.lower(): c for c in choices}
+    if value.lower() in by_lower:
+        return by_lower[value.lower()]
+    close = difflib.get_close_matches(value.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def usage_message(exc: click_exc.UsageError) -> str:
+    """One line for a usage error; a bad choice becomes "--method: 'tie' is not one of ...;
+    did you mean 'ties'?" without the validation library's wording."""
+    text = _one_line(exc.format_message())
+    m = _CHOICE.search(text)
+    if m is None:
+        return text
+    choices = re.findall(r"'([^']*)'", m.group("choices"))
+    where = _PARAM.search(text)
+    param = where.group("param").strip("'") if where else "value"
+    hint = did_you_mean(m.group("value"), choices)
+    msg = f"{param}: {m.group('value')!r} is not one of {', '.join(choices)}"
+    return msg + (f"; did you mean {hint!r}?" if hint else "")
 
 
 def _show_warning(  # the signature of warnings.showwarning
@@ -62,6 +108,7 @@ def load_commands() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: a CotoError or a usage error is one line on stderr and exit code 2."""
+    passive_waiting()  # before torch is imported: its OpenMP runtime reads it once, at load
     load_commands()
     warnings.showwarning = _show_warning
     args = list(sys.argv[1:] if argv is None else argv)
@@ -71,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"coto-tools: error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except click_exc.UsageError as exc:
-        print(f"coto-tools: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        print(f"coto-tools: error: {usage_message(exc)}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

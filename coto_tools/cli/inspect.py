@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from coto_tools.adapters.inspect import inspect_checkpoint, render_table
-from coto_tools.cli._app import app
+from coto_tools.cli._app import THREADS, app, apply_threads
 
 
 @app.command("inspect")
@@ -23,8 +23,10 @@ def inspect_cmd(
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Load a .bin checkpoint (torch.load weights_only=True)."
     ),
+    threads: int = THREADS,
 ) -> None:
     """Show every module of an adapter: tower, layer, kind, shape, rank, alpha, scaling, norm."""
+    apply_threads(threads)
     report = inspect_checkpoint(path, alpha=alpha, allow_pickle=allow_pickle)
     if as_json:
         typer.echo(json.dumps(report, indent=2))

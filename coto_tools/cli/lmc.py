@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from coto_tools.cli._app import app
+from coto_tools.cli._app import THREADS, app, apply_threads
 from coto_tools.cli.shapley import DEVICE, EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.lmc.run import LmcConfig, Mode, run_lmc, write_outputs
@@ -79,6 +79,7 @@ def lmc_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    threads: int = THREADS,
     # -- user task (issue 7): own model + data, or a plugin --
     base_model: str | None = user_opts.BASE_MODEL,
     data: Path | None = user_opts.DATA,
@@ -100,6 +101,7 @@ def lmc_cmd(
     lmc_plane.csv, lmc.json, lmc_plane.png). Loss barrier: max_a L(a) - ((1-a) L_A + a L_B);
     accuracy barrier: max_a ((1-a) Acc_A + a Acc_B) - Acc(a) (Entezari et al., arXiv 2110.06296).
     """
+    apply_threads(threads)
     positional, pairs = parse_checkpoint_args(list(ctx.args))
     run_on = executor_from_cli(executor, ray_address, workers, device)
     if from_zero and plane:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from coto_tools.cli._app import app
+from coto_tools.cli._app import THREADS, app, apply_threads
 from coto_tools.cli.shapley import DEVICE, EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.prune.run import PruneConfig
@@ -69,6 +69,7 @@ def prune_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    threads: int = THREADS,
     # -- user task (issue 7): own model + data, or a plugin --
     base_model: str | None = user_opts.BASE_MODEL,
     data: Path | None = user_opts.DATA,
@@ -84,6 +85,7 @@ def prune_cmd(
 ) -> None:
     """Evaluate pruning strategies, fraction sweeps and rank truncation; write prune.csv,
     prune_curves.csv, prune_auc.csv, prune_strategies.png, prune_curves.png, prune_report.md."""
+    apply_threads(threads)
     seed_list = _ints(seeds, "--seeds") or ()
     run_on = executor_from_cli(executor, ray_address, workers, device)
     if write_pruned is not None:

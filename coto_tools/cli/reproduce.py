@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
-from coto_tools.cli._app import app
+from coto_tools.cli._app import THREADS, app, apply_threads
 from coto_tools.cli.shapley import EXECUTOR, RAY_ADDRESS, WORKERS
-from coto_tools.errors import OptionError
 from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 
 DEVICE = typer.Option(
@@ -35,7 +33,7 @@ def reproduce_cmd(
     steps: int | None = typer.Option(None, "--steps", help="Override the preset's steps."),
     force: bool = typer.Option(False, "--force", help="Retrain and recompute everything."),
     quiet: bool = typer.Option(False, "--quiet", help="No stage lines or progress bars."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    threads: int = THREADS,
     executor: ExecutorKind = EXECUTOR,
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
@@ -49,11 +47,8 @@ def reproduce_cmd(
     pruning, Shapley, LMC) run on --device; training runs on the CPU."""
     from coto_tools.reproduce import ReproduceConfig, reproduce
 
-    if threads < 0:
-        raise OptionError(f"--threads must be >= 0, got {threads}")
     run_on = executor_from_cli(executor, ray_address, workers, device)
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     config = ReproduceConfig(
         out=out,
         task=task,
@@ -66,7 +61,8 @@ def reproduce_cmd(
     result = reproduce(config, progress=not quiet)
     typer.echo(
         f"{result.report}: {result.trained} run(s) trained, {result.stages_run} stage(s) run, "
-        f"{result.stages_skipped} reused, {result.wall_time_s:.1f} s"
+        f"{result.stages_skipped} reused, {result.wall_time_s:.1f} s wall, "
+        f"{result.cpu_time_s:.1f} s CPU"
     )
     for c in result.claims:
         typer.echo(f"  {c['claim']}: {c['verdict']}")

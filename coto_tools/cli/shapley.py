@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
 from coto_tools.adapters.players import Grouping
-from coto_tools.cli._app import app
-from coto_tools.errors import OptionError
+from coto_tools.cli._app import THREADS, app, apply_threads
 from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 from coto_tools.shapley.registry import Estimator
 from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, Split
@@ -87,7 +85,7 @@ def shapley_cmd(
         False, "--force", help="Discard the evaluation log and start over (default: resume)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    threads: int = THREADS,
     # -- user task (issue 7): own model + data, or a plugin --
     base_model: str | None = user_opts.BASE_MODEL,
     data: Path | None = user_opts.DATA,
@@ -111,8 +109,6 @@ def shapley_cmd(
     from coto_tools.shapley.outputs import write_comparison
     from coto_tools.shapley.run import shapley_run, shapley_runs
 
-    if threads < 0:
-        raise OptionError(f"--threads must be >= 0, got {threads}")
     several = len(checkpoints) > 1
     user = user_opts.UserTaskArgs(
         base_model, data, label_prompts, max_length, batch_size, limit, task_plugin
@@ -132,8 +128,7 @@ def shapley_cmd(
         force=force,
     )
     run_on = executor_from_cli(executor, ray_address, workers, device)
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     if several:
         runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
     else:

@@ -82,7 +82,7 @@ def get_task(name: str, **variant: Any) -> Task:
         name, options = parse_task_spec(name)
         variant = {**options, **variant}
     if name not in _REGISTRY:
-        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(_REGISTRY)}")
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
     allowed = _options_of(name)
     unknown = sorted(set(variant) - set(allowed))
     if unknown:
@@ -110,7 +110,7 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(options, dict):
         raise TaskError(
             f"task {spec!r}: expected NAME or NAME:{{JSON options}}, e.g. "
-            'bbc-topic:{"shots": 8}; known tasks: ' + ", ".join(_REGISTRY)
+            'bbc-topic:{"shots": 8}; known tasks: ' + ", ".join(list_tasks())
         )
     return name, options
 
