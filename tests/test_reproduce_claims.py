@@ -1,47 +1,125 @@
-"""The verdict rule of the claims table, on numbers worked out by hand."""
+"""The claims' primary measurements match their wording: pruning and merging are judged on
+paired drops and gaps, not on absolute accuracy (numbers worked out by hand)."""
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pytest
 
-from coto_tools.reproduce.claims import FAILS, HOLDS, INCONCLUSIVE, Row, binomial_se
+from coto_tools.reproduce.claims import (
+    FAILS,
+    HOLDS,
+    MERGE_PRIMARY,
+    UNDECIDABLE,
+    bits,
+    build_claims,
+    merging,
+    pruning,
+    undecidable_claims,
+)
 
 
-def test_clear_win_holds_and_its_mirror_does_not() -> None:
-    # d = 0.1; s = 0.01 per method -> SE = 0.01/sqrt(3) each, SE_d = 0.01*sqrt(2/3) = 0.00816
-    lo, co = (0.80, 0.81, 0.82), (0.90, 0.91, 0.92)
-    j = Row("acc", lo, co).judge()
-    assert j["d"] == pytest.approx(0.1)
-    assert j["se_d"] == pytest.approx(0.01 * math.sqrt(2 / 3))
-    assert j["verdict"] == HOLDS
-    assert Row("acc", co, lo).judge()["verdict"] == FAILS
+def _bitstring(rng: np.random.Generator, p: float, n: int = 200) -> str:
+    return "".join("1" if x else "0" for x in rng.random(n) < p)
 
 
-def test_lower_is_better_flips_the_sign() -> None:
-    j = Row("barrier", (0.30, 0.31, 0.32), (0.10, 0.11, 0.12), higher_is_better=False).judge()
-    assert j["d"] == pytest.approx(0.2) and j["verdict"] == HOLDS
+def _prune(full: dict[str, list[float]], even: dict[str, list[float]]) -> dict[str, object]:
+    runs = []
+    for m in ("lora", "coto"):
+        for s, (f, e) in enumerate(zip(full[m], even[m], strict=True)):
+            runs.append(
+                {
+                    "run": f"{m}-s{s}",
+                    "method": m,
+                    "seed": s,
+                    "full": {"accuracy": f},
+                    "strategies": {
+                        "all": {"accuracy": f},
+                        "everyother-even": {"accuracy": e},
+                        "everyother-odd": {"accuracy": e},
+                        "low": {"accuracy": e - 0.1},
+                    },
+                }
+            )
+    return {"runs": runs}
 
 
-def test_binomial_floor_can_make_a_difference_inconclusive() -> None:
-    lo, co = (0.80, 0.81, 0.82), (0.90, 0.91, 0.92)
-    floors = (binomial_se(0.81, 50), binomial_se(0.91, 50))
-    # b = sqrt(.81*.19/50) = .05548, sqrt(.91*.09/50) = .04047; s^2/k = .0001/3 per method
-    # SE_d^2 = 2 * .0000333 + .05548^2 + .04047^2 = .0047827 -> SE_d = .06916, 2 SE_d = .138
-    assert floors[0] == pytest.approx(0.05548, abs=1e-5)
-    j = Row("acc", lo, co, floor=floors).judge()
-    assert j["se_d"] == pytest.approx(0.06916, abs=1e-4)
-    assert j["verdict"] == INCONCLUSIVE
-    # the same difference on 5,000 documents: b is small and the rule says holds
-    big = (binomial_se(0.81, 5000), binomial_se(0.91, 5000))
-    assert Row("acc", lo, co, floor=big).judge()["verdict"] == HOLDS
+def test_pruning_is_judged_on_the_paired_drop_not_on_accuracy() -> None:
+    """LoRA is 10 points more accurate with every other layer, but CoTo loses 1 point where
+    LoRA loses 5: the claim ('loses less') holds."""
+    s = _prune(
+        {"lora": [0.95, 0.96, 0.94], "coto": [0.85, 0.86, 0.84]},
+        {"lora": [0.90, 0.905, 0.89], "coto": [0.84, 0.85, 0.83]},
+    )
+    c = pruning(s)
+    prim = next(r for r in c["rows"] if r["primary"])
+    assert prim["measure"].startswith("everyother drop")
+    assert prim["lora"]["values"] == pytest.approx([-0.05, -0.055, -0.05])
+    assert prim["d"] == pytest.approx(0.04 + 0.005 / 3)
+    assert c["verdict"] == HOLDS
+    ctx = next(r for r in c["rows"] if r["measure"] == "everyother accuracy (context)")
+    assert ctx["d"] < 0 and not ctx["primary"]  # absolute accuracy points the other way
+    assert c["smallest_detectable"] is not None and c["decidable"]
 
 
-def test_one_value_per_method_is_always_inconclusive() -> None:
-    j = Row("acc", (0.5,), (0.99,)).judge()
-    assert j["verdict"] == INCONCLUSIVE and j["se_d"] is None and j["d"] == pytest.approx(0.49)
+def _merge(acc: dict[str, list[float]], merged: dict[str, float]) -> dict[str, object]:
+    singles = [
+        {"name": f"{m}-s{s}", "method": m, "seeds": [s], "accuracy": a}
+        for m in acc
+        for s, a in enumerate(acc[m])
+    ]
+    merges = [
+        {"method": m, "label": "1:1", "variant": MERGE_PRIMARY, "seeds": [i, i + 1],
+         "accuracy": merged[f"{m}{i}"]}
+        for m in acc
+        for i in range(0, len(acc[m]) - 1, 2)
+    ]  # fmt: skip
+    return {"singles": singles, "merges": merges}
 
 
-def test_identical_values_are_inconclusive_not_a_division_by_zero() -> None:
-    assert Row("acc", (0.9, 0.9), (0.9, 0.9)).judge()["verdict"] == INCONCLUSIVE
+def test_merging_is_judged_on_the_gap_to_the_inputs() -> None:
+    """Disjoint pairs (0,1), (2,3), (4,5); LoRA's merges lose about 8 points, CoTo's about 1,
+    while LoRA's merged accuracy is higher: the claim ('keeps more') holds."""
+    acc = {
+        "lora": [0.99, 0.98, 0.99, 0.97, 0.99, 0.98],
+        "coto": [0.80, 0.81, 0.80, 0.82, 0.79, 0.80],
+    }
+    merged = {"lora0": 0.905, "lora2": 0.90, "lora4": 0.91, "coto0": 0.795, "coto2": 0.80,
+              "coto4": 0.785}  # fmt: skip
+    c = merging(_merge(acc, merged), None)
+    prim = next(r for r in c["rows"] if r["primary"])
+    assert prim["unit_labels"] == ["s0+s1", "s2+s3", "s4+s5"]
+    assert prim["lora"]["values"] == pytest.approx([0.905 - 0.985, 0.90 - 0.98, 0.91 - 0.985])
+    assert c["verdict"] == HOLDS
+    ctx = next(r for r in c["rows"] if "merged accuracy" in r["measure"])
+    assert ctx["d"] < 0
+
+
+def test_one_pair_is_undecidable_and_the_page_says_how_many_seeds() -> None:
+    acc = {"lora": [0.9, 0.9, 0.9], "coto": [0.9, 0.9, 0.9]}
+    c = merging(_merge(acc, {"lora0": 0.8, "coto0": 0.9}), None)
+    assert c["verdict"] == UNDECIDABLE and not c["decidable"]
+    assert c["seeds_needed"]["to_decide"] == 4
+    (line,) = undecidable_claims([c])
+    assert "--seeds 4" in line
+
+
+def test_per_document_results_enter_the_test() -> None:
+    """With per-document results kept, the paired document term is part of the SE."""
+    rng = np.random.default_rng(0)
+    s = _prune(
+        {"lora": [0.9, 0.91, 0.92], "coto": [0.9, 0.91, 0.92]},
+        {"lora": [0.85, 0.86, 0.87], "coto": [0.88, 0.89, 0.90]},
+    )
+    for r in s["runs"]:  # type: ignore[attr-defined]
+        r["docs"] = {k: _bitstring(rng, 0.9) for k in ("full", "everyother-even",
+                                                       "everyother-odd", "low")}  # fmt: skip
+    prim = next(r for r in pruning(s)["rows"] if r["primary"])
+    assert prim["n_docs"] == 200 and prim["se_doc"] > 0
+    assert bits("0110").tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_a_missing_stage_is_not_measured() -> None:
+    got = build_claims({"single": None})
+    assert all(c["verdict"].startswith("not measured") for c in got)
+    assert FAILS == "does not hold"
