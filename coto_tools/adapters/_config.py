@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import regex  # matching with a timeout (see MATCH_TIMEOUT_S)
+
 from coto_tools.errors import CheckpointError, UnsupportedAdapterError
 
 PEFT_DEFAULT_ALPHA = 8  # LoraConfig.lora_alpha's default in PEFT
@@ -80,9 +82,11 @@ def check_config(cfg: Mapping[str, Any], source: str) -> list[str]:
     if cfg.get("r") is not None and (not _is_int(cfg["r"]) or cfg["r"] <= 0):
         bad("r", "a positive integer")
     if cfg.get("lora_alpha") is not None and (
-        not _is_num(cfg["lora_alpha"]) or not math.isfinite(cfg["lora_alpha"])
+        not _is_num(cfg["lora_alpha"])
+        or not math.isfinite(cfg["lora_alpha"])
+        or cfg["lora_alpha"] <= 0
     ):
-        bad("lora_alpha", "a finite number")
+        bad("lora_alpha", "a finite number > 0 (as --alpha)")
     for key in ("use_rslora", "fan_in_fan_out", "inference_mode"):
         if cfg.get(key) is not None and not isinstance(cfg[key], bool):
             bad(key, "true or false")
@@ -103,7 +107,7 @@ def check_config(cfg: Mapping[str, Any], source: str) -> list[str]:
         bad("modules_to_save", "a list of strings or null")
     for key, ok, want in (
         ("rank_pattern", lambda v: _is_int(v) and v > 0, "positive integers"),
-        ("alpha_pattern", lambda v: _is_num(v) and math.isfinite(v), "finite numbers"),
+        ("alpha_pattern", lambda v: _is_num(v) and math.isfinite(v) and v > 0, "numbers > 0"),
     ):
         pat = cfg.get(key)
         if pat is None:
@@ -114,20 +118,56 @@ def check_config(cfg: Mapping[str, Any], source: str) -> list[str]:
         for k, v in pat.items():
             if not ok(v):
                 problems.append(f"config field {key!r}: {k!r} maps to {v!r}; expected {want}")
-            try:
-                re.compile(rf"(.*\.)?({k})$")
-            except re.error as exc:
-                problems.append(f"config field {key!r}: {k!r} is not a valid pattern ({exc})")
+            if (problem := _pattern_problem(key, k)) is not None:
+                problems.append(problem)
     return problems
+
+
+MAX_PATTERN_LENGTH = 1000
+"""Longest ``rank_pattern``/``alpha_pattern`` key accepted (PEFT's are module names or short
+regular expressions)."""
+MATCH_TIMEOUT_S = 0.25
+"""Most time one pattern may take to match one module name. Patterns come from untrusted files:
+a pattern such as ``(.*)*Z`` backtracks without bound in Python's ``re`` (PEFT itself would hang
+on it); the match runs in the ``regex`` engine (the same syntax and matching rule) with this
+timeout, and a pattern that exceeds it is refused."""
+
+
+def _pattern_problem(key: str, pattern: str) -> str | None:
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        return (
+            f"config field {key!r}: a pattern of {len(pattern)} characters (at most "
+            f"{MAX_PATTERN_LENGTH})"
+        )
+    try:
+        re.compile(rf"(.*\.)?({pattern})$")
+    except (re.error, RecursionError, OverflowError) as exc:
+        return f"config field {key!r}: {pattern!r} is not a valid pattern ({exc})"
+    return None
+
+
+def _match(pattern: str, name: str) -> bool:
+    """PEFT's rule, ``re.match(rf"(.*\\.)?({pattern})$", name)``, bounded in time."""
+    try:
+        return regex.match(rf"(.*\.)?({pattern})$", name, timeout=MATCH_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise CheckpointError(
+            f"pattern {pattern!r} (rank_pattern/alpha_pattern) takes longer than "
+            f"{MATCH_TIMEOUT_S} s to match {name!r}: it backtracks without bound (PEFT would "
+            "hang on it); refused, write it without nested repetition such as (.*)*"
+        ) from None
+    except (regex.error, RecursionError, OverflowError):  # reported by check_config
+        return False
 
 
 def pattern_value(patterns: Mapping[str, Any], name: str) -> Any:
     """PEFT's ``get_pattern_key``: the first pattern (in order) with ``(.*\\.)?(pattern)$``
-    matching ``name`` gives the value; ``None`` when none matches."""
+    matching ``name`` gives the value; ``None`` when none matches. Each match is bounded in time
+    (:data:`MATCH_TIMEOUT_S`); a pattern that backtracks without bound raises
+    :class:`CheckpointError`."""
     for pattern, value in patterns.items():
-        try:
-            if re.match(rf"(.*\.)?({pattern})$", name):
-                return value
-        except re.error:  # reported by check_config
-            continue
+        if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LENGTH:
+            continue  # reported by check_config
+        if _match(pattern, name):
+            return value
     return None

@@ -14,6 +14,14 @@ from pathlib import Path
 from coto_tools.errors import CotoError, OutputExistsError
 
 
+class OutputWriteError(OSError, CotoError):
+    """Writing or renaming an output failed (disk full, permissions, a busy path): an
+    ``OSError`` that the command line shows as one error line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -186,7 +194,9 @@ def atomic_path(
         except OSError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, CotoError):
-            raise CotoError(f"{path}: cannot write the output: {exc.strerror or exc}") from exc
+            raise OutputWriteError(
+                exc.errno, f"{path}: cannot write the output: {exc.strerror or exc}"
+            ) from exc
         raise
 
 

@@ -316,6 +316,8 @@ def _module_problems(
     problems: list[str] = []
     rp = cfg.get("rank_pattern")
     rank_pattern: Mapping[str, Any] = rp if isinstance(rp, dict) else {}
+    ap = cfg.get("alpha_pattern")
+    alpha_pattern: Mapping[str, Any] = ap if isinstance(ap, dict) else {}
     r = cfg.get("r")
     cfg_r = r if isinstance(r, int) and not isinstance(r, bool) else None
     for module, e in entries.items():
@@ -349,7 +351,12 @@ def _module_problems(
         if e.a_shape[1] == 0 or e.b_shape[0] == 0:
             problems.append(f"module {module}: zero in_features or out_features")
             continue
-        expected = pattern_value(rank_pattern, module)
+        try:  # both patterns matched here, once: one that backtracks without bound is refused
+            expected = pattern_value(rank_pattern, module)
+            pattern_value(alpha_pattern, module)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            return problems
         if not (isinstance(expected, int) and not isinstance(expected, bool)):
             expected = cfg_r
         if expected is not None and expected != ra:
