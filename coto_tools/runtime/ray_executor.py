@@ -17,6 +17,9 @@ driver.
 from __future__ import annotations
 
 import logging
+import signal
+import socket
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -33,6 +36,67 @@ from coto_tools.runtime.executor import EvaluatorSpec, ExecutorConfig, ExecutorE
 from coto_tools.tasks.base import Metrics, Task
 
 MAX_AUTO_WORKERS = 64
+
+
+RAY_INIT_TIMEOUT_S = 60.0
+"""Most seconds ``ray.init`` may take (connecting to a cluster, or starting a local one)."""
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """A TCP connection to ``host:port`` of ``address`` (``ray://`` or bare), so that an
+    address where nothing listens fails at once instead of in Ray's retry loop."""
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto", a bare host: Ray resolves it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(
+            f"cannot connect to Ray at {address}: {exc.strerror or exc} (is a Ray head running "
+            "there? start one with `ray start --head`, or fix --ray-address)"
+        ) from None
+
+
+class _InitTimeout(Exception):
+    pass
+
+
+def connect(ray: Any, address: str | None, *, timeout: float = RAY_INIT_TIMEOUT_S) -> None:
+    """``ray.init(address)`` bounded by ``timeout`` seconds: an unreachable address, a failure
+    or a hang is one :class:`ExecutorError` line. (The bound is a SIGALRM in the main thread of
+    a POSIX process; elsewhere only the reachability check applies.)"""
+    where = address or "(new local instance)"
+    if address:
+        _check_reachable(address, min(timeout, 10.0))
+    use_alarm = (
+        hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    )
+    previous: Any = None
+    if use_alarm:
+
+        def _expired(signum: int, frame: Any) -> None:
+            raise _InitTimeout
+
+        previous = signal.signal(signal.SIGALRM, _expired)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except _InitTimeout:
+        raise ExecutorError(
+            f"cannot connect to Ray at {where}: no answer within {timeout:g} s"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise ExecutorError(f"cannot connect to Ray at {where}: {exc}") from exc
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _import_ray() -> Any:
@@ -114,17 +178,7 @@ class RayEvaluator(BaseEvaluator):
         self.adapters: dict[str, LoraAdapter] = spec.load_adapters()
         self.branch_keys = BranchKeys(self.adapters)
         if not ray.is_initialized():
-            try:
-                ray.init(
-                    address=executor.address,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                )
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutorError(
-                    f"cannot connect to Ray at {executor.address or '(new local instance)'}: {exc}"
-                ) from exc
+            connect(ray, executor.address)
         resources = ray.cluster_resources()
         gpus, self._device = _gpus_and_device(executor, resources.get("GPU", 0))
         self._gpus = gpus

@@ -5,7 +5,9 @@ Protocol (docs/task_plugins.md): ``function(**options)`` returns a
 line (``base_model``, ``data``, ``label_prompts``, ``max_length``, ``batch_size``, ``limit``;
 only those given), so a plugin may reuse ``--data`` and ``--base-model``; a function that takes
 none of them is called with none. The object is checked to be a ``Task`` with every method the
-evaluator needs. ``get_task("plugin", spec=..., options={...})`` is the library form, and what
+evaluator needs. Any failure of the plugin's code (an exception or ``sys.exit`` while importing it,
+calling the function or calling the task's methods) is one :class:`TaskError` line.
+``get_task("plugin", spec=..., options={...})`` is the library form, and what
 ``coto.json``/``shapley.json`` record, so a rerun rebuilds the same task.
 """
 
@@ -51,14 +53,60 @@ def _load_module(target: str, spec: str) -> Any:
         sys.modules[name] = module
         try:
             mspec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[name]
-            raise TaskError(f"--task-plugin {spec!r}: importing {path} failed: {exc!r}") from exc
+            raise TaskError(
+                f"--task-plugin {spec!r}: importing {path} failed: {_describe(exc)}"
+            ) from exc
         return module
     try:
         return importlib.import_module(target)
     except ImportError as exc:
         raise TaskError(f"--task-plugin {spec!r}: cannot import module {target}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # the module's own code failed (or exited)
+        raise TaskError(
+            f"--task-plugin {spec!r}: importing module {target} failed: {_describe(exc)}"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return repr(exc)
+
+
+_GUARDED = (*_REQUIRED, "metric_sums", "extra_metrics", "split_sizes")
+
+
+class _Guarded:
+    """A plugin task's method whose failures (any exception, or ``sys.exit``) become one
+    :class:`TaskError` naming the plugin and the method."""
+
+    def __init__(self, spec: str, name: str, method: Callable[..., Any]) -> None:
+        self.spec, self.name, self.method = spec, name, method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.method(*args, **kwargs)
+        except TaskError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise TaskError(
+                f"--task-plugin {self.spec}: the task's {self.name}() failed: {_describe(exc)}"
+            ) from exc
+
+
+def _guard(task: Task, spec: str) -> Task:
+    """``task`` with every method the tool calls wrapped in :class:`_Guarded` (on the
+    instance: its class, and so :func:`~coto_tools.tasks.base.uses_metric_sums`, is unchanged)."""
+    for name in _GUARDED:
+        method = getattr(task, name, None)
+        if callable(method) and not isinstance(method, _Guarded):
+            try:
+                setattr(task, name, _Guarded(spec, name, method))
+            except (AttributeError, TypeError):  # __slots__ or a read-only attribute
+                continue
+    return task
 
 
 def resolve_plugin(spec: str) -> Callable[..., Any]:
@@ -88,8 +136,8 @@ def plugin_task(*, spec: str, options: Mapping[str, Any] | None = None) -> Task:
         task = fn(**opts)
     except TaskError:
         raise
-    except Exception as exc:
-        raise TaskError(f"--task-plugin {spec}: the function raised {exc!r}") from exc
+    except (Exception, SystemExit) as exc:
+        raise TaskError(f"--task-plugin {spec}: the function failed: {_describe(exc)}") from exc
     if not isinstance(task, Task):
         raise TaskError(
             f"--task-plugin {spec}: returned a {type(task).__name__}, expected a "
@@ -98,4 +146,4 @@ def plugin_task(*, spec: str, options: Mapping[str, Any] | None = None) -> Task:
     missing = [m for m in _REQUIRED if not callable(getattr(task, m, None))]
     if missing:  # pragma: no cover - Task's ABC already refuses to instantiate these
         raise TaskError(f"--task-plugin {spec}: the task lacks {', '.join(missing)}")
-    return task
+    return _guard(task, spec)
