@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from coto_tools.adapters.players import Players, make_players
+from coto_tools.adapters.players import (
+    OTHER,
+    Players,
+    make_players,
+    players_from_map,
+    read_players_map,
+)
 from coto_tools.errors import OptionError
 
 BERT = [
@@ -65,10 +74,30 @@ def test_multi_tower_labels() -> None:
 
 
 @pytest.mark.parametrize("grouping", ["layer", "kind"])
-def test_unknown_layout_refuses_layer_and_kind(grouping: str) -> None:
-    names = [*BERT, "classifier"]
-    with pytest.raises(OptionError, match=rf"cannot group by {grouping}.*classifier"):
-        make_players(names, grouping)
+def test_unplaced_modules_go_to_other(grouping: str) -> None:
+    names = [*BERT, "classifier", "bert.pooler.dense"]
+    p = make_players(names, grouping)
+    assert p.names[-1] == OTHER and set(p.other) == {"classifier", "bert.pooler.dense"}
+    assert p.names[:-1] == make_players(BERT, grouping).names  # the rest grouped as before
+    assert sorted(p.modules) == sorted(names)
+    assert make_players(BERT, grouping).other == ()
+    with pytest.raises(OptionError, match=rf"cannot group by {grouping}: no module"):
+        make_players(["classifier", "foo"], grouping)
+
+
+def test_players_map(tmp_path: Path) -> None:
+    names = [*BERT, "bert.pooler.dense"]
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({r"attention\.self\.(query|key)": "qk", r"layer\.1\.": "top"}))
+    p = players_from_map(names, read_players_map(path))
+    assert p.grouping == "map" and p.names == ("qk", "top", OTHER)
+    assert all(".self.query" in m or ".self.key" in m for m in p.members[0])
+    assert all("layer.1." in m and ".self.q" not in m for m in p.members[1])  # first match wins
+    assert "bert.pooler.dense" in p.other and sorted(p.modules) == sorted(names)
+    for bad in ("[1,2]", "{}", '{"(": "x"}', '{"x": "other"}', '{"nomatch": "x"}'):
+        path.write_text(bad)
+        with pytest.raises(OptionError, match="players.map|players map"):
+            players_from_map(names, read_players_map(path))
 
 
 @pytest.mark.parametrize("grouping", ["module", "tower"])

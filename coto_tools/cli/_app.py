@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import pkgutil
 import re
 import sys
@@ -50,6 +51,33 @@ THREADS = typer.Option(
     help="torch CPU threads (0: as many as there are free cores now, at least 1; OpenMP "
     "threads wait passively, so a busy machine does not slow them down many times).",
 )
+
+
+def quiet_loading(quiet: bool) -> None:
+    """Under ``--quiet``: no transformers/huggingface_hub progress bars (e.g. "Loading
+    weights") and no ``coto_tools`` INFO lines (the memory estimate) for this command."""
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        logging.getLogger("coto_tools").setLevel(logging.WARNING)
+
+
+class _InfoHandler(logging.StreamHandler):
+    """``coto-tools: <message>`` on the stderr of the moment (one per process)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"coto-tools: {_one_line(record.getMessage())}", file=sys.stderr)
+
+
+def _show_info() -> None:
+    """INFO lines of the library's ``coto_tools`` logger (e.g. the evaluator's memory estimate)
+    go to stderr, one line each; ``--quiet`` raises the level again (:func:`quiet_loading`)."""
+    logger = logging.getLogger("coto_tools")
+    if not any(isinstance(h, _InfoHandler) for h in logger.handlers):
+        logger.addHandler(_InfoHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def apply_threads(threads: int) -> int:
@@ -111,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     passive_waiting()  # before torch is imported: its OpenMP runtime reads it once, at load
     load_commands()
     warnings.showwarning = _show_warning
+    _show_info()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=args, prog_name="coto-tools", standalone_mode=False)

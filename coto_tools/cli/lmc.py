@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from coto_tools.cli._app import THREADS, app, apply_threads
-from coto_tools.cli.shapley import DEVICE, EXECUTOR, RAY_ADDRESS, WORKERS
+from coto_tools.cli._app import THREADS, app, apply_threads, quiet_loading
+from coto_tools.cli.shapley import DEVICE, DTYPE, EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.lmc.run import LmcConfig, Mode, run_lmc, write_outputs
 from coto_tools.lmc.space import SpaceChoice
@@ -92,6 +92,7 @@ def lmc_cmd(
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
     device: str = DEVICE,
+    dtype: str = DTYPE,
 ) -> None:
     """Evaluate the model along the line between adapters A (a=0) and B (a=1).
 
@@ -103,7 +104,8 @@ def lmc_cmd(
     """
     apply_threads(threads)
     positional, pairs = parse_checkpoint_args(list(ctx.args))
-    run_on = executor_from_cli(executor, ray_address, workers, device)
+    run_on = executor_from_cli(executor, ray_address, workers, device, dtype)
+    quiet_loading(quiet)
     if from_zero and plane:
         raise OptionError("--from-zero and --plane cannot be combined")
     if plane and space not in (None, SpaceChoice.delta):

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from coto_tools.cli._app import THREADS, app, apply_threads
+from coto_tools.cli.shapley import DTYPE
 from coto_tools.errors import OptionError
 from coto_tools.merge import (
     KnotsMerge,
@@ -17,6 +18,7 @@ from coto_tools.merge import (
     merge_files,
 )
 from coto_tools.merge.engine import MergeResult
+from coto_tools.runtime.dtype import check_dtype
 from coto_tools.tasks import options as user_opts
 
 
@@ -119,6 +121,7 @@ def merge_cmd(
     batch_size: int = user_opts.BATCH_SIZE,
     limit: int | None = user_opts.LIMIT,
     task_plugin: str | None = user_opts.TASK_PLUGIN,
+    dtype: str = DTYPE,
 ) -> None:
     """Merge LoRA adapters module by module, streaming from disk; no base model is loaded."""
     apply_threads(threads)
@@ -139,6 +142,7 @@ def merge_cmd(
         raise OptionError("--task/--data/--base-model/--task-plugin are for --eval; add --eval")
     if evaluate and not user.given() and task is None:
         raise OptionError("--eval needs a task: --task NAME, or --data FILE [--base-model DIR]")
+    check_dtype(dtype)  # a bad --dtype fails before anything is written
     result = merge_files(
         inputs,
         config,
@@ -152,7 +156,7 @@ def merge_cmd(
     for line in result.report.summary():
         typer.echo(line)
     if evaluate:
-        _evaluate(result, inputs, user, task, split, alpha, allow_pickle)
+        _evaluate(result, inputs, user, task, split, alpha, allow_pickle, dtype)
 
 
 def _evaluate(
@@ -163,6 +167,7 @@ def _evaluate(
     split: str,
     alpha: float | None,
     allow_pickle: bool,
+    dtype: str = "auto",
 ) -> None:
     """``--eval``: metrics of the base model, each input and the merged adapter."""
     from coto_tools.adapters import load_adapter
@@ -176,5 +181,6 @@ def _evaluate(
                 for i, p in enumerate(inputs)}  # fmt: skip
     adapters["merged"] = result.adapter
     lm = uses_metric_sums(built)
-    for name, m in user_opts.evaluate_adapters(built, adapters, split=split).items():
+    metrics = user_opts.evaluate_adapters(built, adapters, split=split, dtype=dtype)
+    for name, m in metrics.items():
         typer.echo(f"eval {name}: {user_opts.format_metrics(m, perplexity=lm)} (n={m.n})")

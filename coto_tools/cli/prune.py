@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from coto_tools.cli._app import THREADS, app, apply_threads
-from coto_tools.cli.shapley import DEVICE, EXECUTOR, RAY_ADDRESS, WORKERS
+from coto_tools.cli._app import THREADS, app, apply_threads, quiet_loading
+from coto_tools.cli.shapley import DEVICE, DTYPE, EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.errors import OptionError
 from coto_tools.prune.run import PruneConfig
 from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
@@ -82,12 +82,14 @@ def prune_cmd(
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
     device: str = DEVICE,
+    dtype: str = DTYPE,
 ) -> None:
     """Evaluate pruning strategies, fraction sweeps and rank truncation; write prune.csv,
     prune_curves.csv, prune_auc.csv, prune_strategies.png, prune_curves.png, prune_report.md."""
     apply_threads(threads)
     seed_list = _ints(seeds, "--seeds") or ()
-    run_on = executor_from_cli(executor, ray_address, workers, device)
+    run_on = executor_from_cli(executor, ray_address, workers, device, dtype)
+    quiet_loading(quiet)
     if write_pruned is not None:
         from coto_tools.prune.outputs import write_pruned as write
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from coto_tools.cli._app import THREADS, app, apply_threads
-from coto_tools.cli.shapley import EXECUTOR, RAY_ADDRESS, WORKERS
+from coto_tools.cli._app import THREADS, app, apply_threads, quiet_loading
+from coto_tools.cli.shapley import DTYPE, EXECUTOR, RAY_ADDRESS, WORKERS
 from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 
 DEVICE = typer.Option(
@@ -38,6 +38,7 @@ def reproduce_cmd(
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
     device: str = DEVICE,
+    dtype: str = DTYPE,
 ) -> None:
     """Train LoRA and CoTo adapters alike, then generalisation, merging (same-task and
     cross-task), pruning, Shapley and LMC; write report.html, report.md and claims.json.
@@ -47,7 +48,8 @@ def reproduce_cmd(
     pruning, Shapley, LMC) run on --device; training runs on the CPU."""
     from coto_tools.reproduce import ReproduceConfig, reproduce
 
-    run_on = executor_from_cli(executor, ray_address, workers, device)
+    run_on = executor_from_cli(executor, ray_address, workers, device, dtype)
+    quiet_loading(quiet)
     apply_threads(threads)
     config = ReproduceConfig(
         out=out,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from coto_tools.adapters.players import Grouping
-from coto_tools.cli._app import THREADS, app, apply_threads
+from coto_tools.cli._app import THREADS, app, apply_threads, quiet_loading
 from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 from coto_tools.shapley.registry import Estimator
 from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, Split
@@ -36,6 +36,20 @@ DEVICE = typer.Option(
     "--device",
     help="auto (cuda when available, else cpu), cpu, cuda or cuda:N. With --executor ray: "
     "auto/cuda give each worker one GPU of the cluster (cuda:N is refused), cpu uses none.",
+)
+
+DTYPE = typer.Option(
+    "auto",
+    "--dtype",
+    help="Base model dtype: auto (float32 on the CPU, the model config's dtype on CUDA), "
+    "float32, bfloat16 or float16. Adapter branches of a bfloat16/float16 model run in float32, "
+    "as in PEFT.",
+)
+PLAYERS_MAP = typer.Option(
+    None,
+    "--players-map",
+    help='JSON {"regex": "player", ...}: players by regular expressions on module names '
+    "(first match wins; unmatched modules form the player 'other'); replaces --players.",
 )
 
 
@@ -78,8 +92,8 @@ def shapley_cmd(
         None,
         "--out",
         help="Output directory (default: shapley/ in the checkpoint dir). With several "
-        "checkpoints: where the combined heatmap goes (default: ./shapley_compare); each "
-        "checkpoint's own outputs go to its shapley/.",
+        "checkpoints: where the combined heatmap goes (default: shapley_compare/ beside the "
+        "first checkpoint); each checkpoint's own outputs go to its shapley/.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Discard the evaluation log and start over (default: resume)."
@@ -98,6 +112,8 @@ def shapley_cmd(
     ray_address: str | None = RAY_ADDRESS,
     workers: int | None = WORKERS,
     device: str = DEVICE,
+    dtype: str = DTYPE,
+    players_map: Path | None = PLAYERS_MAP,
 ) -> None:
     """Shapley values of adapters: v(S) = task metric with only the adapters of players S on.
 
@@ -126,9 +142,11 @@ def shapley_cmd(
         task=task,
         out=None if several else out,
         force=force,
+        players_map=players_map,
     )
-    run_on = executor_from_cli(executor, ray_address, workers, device)
+    run_on = executor_from_cli(executor, ray_address, workers, device, dtype)
     apply_threads(threads)
+    quiet_loading(quiet)
     if several:
         runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
     else:
@@ -139,8 +157,18 @@ def shapley_cmd(
             f"{r.checkpoint}: {p.estimator}, {p.evaluations} evaluations "
             f"({s['evaluations_computed']} computed now, {s['evaluations_from_log']} from the "
             f"log) in {s['wall_time_s']:.1f} s; "
-            f"v(N) - v(empty) = {p.v_full - p.v_empty:.4g} ({config.metric.value}); -> {r.out}"
+            f"v(N) - v(empty) = {p.v_full - p.v_empty:.4g} ({config.metric.value}); "
+            f"{s['n_examples']} examples; -> {r.out}"
         )
+        if s.get("other"):
+            typer.echo(
+                f"  player 'other' ({len(s['other'])} module(s) with no parsed "
+                f"{'layer' if s['grouping'] != 'kind' else 'kind'}): {', '.join(s['other'])}"
+            )
     if several:
-        combined = write_comparison(out if out is not None else Path("shapley_compare"), runs)
+        first = (
+            checkpoints[0] if checkpoints[0].name not in ("", "..") else checkpoints[0].resolve()
+        )
+        beside = first.parent / "shapley_compare"  # like merge's merged/
+        combined = write_comparison(out if out is not None else beside, runs)
         typer.echo(f"combined: {', '.join(str(f) for f in combined.values())}")

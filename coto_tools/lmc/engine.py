@@ -41,6 +41,7 @@ class PointEvaluator:
         *,
         split: str = "eval",
         device: DeviceLike | None = None,
+        dtype: str | None = None,
     ) -> None:
         if split not in SPLITS:
             raise OptionError(f"split {split!r}: allowed {', '.join(SPLITS)}")
@@ -49,7 +50,7 @@ class PointEvaluator:
         self.task = task
         self.split = split
         self.adapters = dict(adapters)
-        self.evaluator = Evaluator(task, self.adapters, split=split, device=device)
+        self.evaluator = Evaluator(task, self.adapters, split=split, device=device, dtype=dtype)
         self._factor_model: nn.Module | None = None
         self._cache: dict[Any, Metrics] = {}
         self.evaluations = 0
@@ -94,7 +95,7 @@ class PointEvaluator:
         if not point.modules:  # every weight is 0: the base model
             return self.evaluator.value({})
         if self._factor_model is None:
-            self._factor_model = self.task.build_model()
+            self._factor_model = self.task.build_model_in(self.evaluator.dtype)
         ev = Evaluator(
             self.task,
             point,

@@ -181,13 +181,14 @@ def lmc_plane(
     progress: bool | Any = False,
     evaluator: PointEvaluator | None = None,
     device: DeviceLike | None = None,
+    dtype: str | None = None,
 ) -> PlaneResult:
     """Metrics over the delta-space plane ``ΔW_A + u·(ΔW_B - ΔW_A) + v·(ΔW_C - ΔW_A)``.
 
     Realised with three gated branches at gates ``(1 - u - v, u, v)``; the grid
     (:func:`~coto_tools.lmc.grid.plane_positions`) covers the triangle plus ``margin`` beyond
     each side. The corners are the three adapters' own evaluations. ``evaluator``/``device``:
-    as in :func:`lmc_path`.
+    as in :func:`lmc_path`; ``dtype``: ``--dtype`` of the base model.
     """
     if len(adapters) != 3:
         raise OptionError(f"a plane needs exactly 3 adapters, got {len(adapters)}")
@@ -196,7 +197,7 @@ def lmc_plane(
     weights = plane_positions(grid, margin)
     own = evaluator is None
     ev = evaluator or PointEvaluator(
-        task, dict(zip(nm, adapters, strict=True)), split=split, device=device
+        task, dict(zip(nm, adapters, strict=True)), split=split, device=device, dtype=dtype
     )
     metrics = []
     try:

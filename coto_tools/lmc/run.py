@@ -25,7 +25,7 @@ from coto_tools.lmc.grid import from_zero_positions, path_positions, plane_posit
 from coto_tools.lmc.paths import BASE_NAME, lmc_from_zero, lmc_path, lmc_plane
 from coto_tools.lmc.result import CSV_METRICS, LmcResult, PlaneResult
 from coto_tools.lmc.space import Space, SpaceChoice, check_compatible
-from coto_tools.runtime.executor import ExecutorConfig, local_device
+from coto_tools.runtime.executor import ExecutorConfig, local_device, local_dtype
 from coto_tools.tasks.base import Task
 
 LMC_FORMAT = "coto-tools/lmc"
@@ -284,6 +284,7 @@ def run_lmc(
                 progress=progress,
                 evaluator=plane_ev,
                 device=local_device(executor),  # None on Ray: plane_ev is given
+                dtype=local_dtype(executor),
                 **kw,
             )
         finally:
@@ -299,7 +300,10 @@ def run_lmc(
         ev = _remote_points(config, loaded, task, adapters, executor)
         ev.prefetch(rec.points)
     else:
-        ev = PointEvaluator(task, adapters, split=config.split, device=local_device(executor))
+        ev = PointEvaluator(
+            task, adapters, split=config.split,
+            device=local_device(executor), dtype=local_dtype(executor),
+        )  # fmt: skip
     results: list[LmcResult]
     spaces = config.spaces
     if config.mode is Mode.from_zero:
@@ -462,7 +466,7 @@ def write_outputs(run: LmcRun, *, figure: bool = True) -> list[Path]:
     fig = draw()
     try:
         with atomic_path(png, force=force) as tmp:
-            fig.savefig(tmp, format="png", dpi=130)
+            fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
     finally:
         plt.close(fig)
     written.append(png)

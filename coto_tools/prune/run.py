@@ -9,7 +9,6 @@ rank sweep switches it on alone.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from coto_tools.prune.sweeps import (
     removal_order,
 )
 from coto_tools.runtime.device import DeviceLike
-from coto_tools.runtime.executor import ExecutorConfig, local_device
+from coto_tools.runtime.executor import ExecutorConfig, local_device, local_dtype
 from coto_tools.tasks.base import METRIC_NAMES, Metrics, Task
 
 RUN_FILE = "coto.json"
@@ -196,11 +195,10 @@ def read_record(path: Path) -> dict[str, Any] | None:
     f = (path if path.is_dir() else path.parent) / RUN_FILE
     if not f.is_file():
         return None
-    try:
-        rec = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{f}: cannot read: {exc}") from exc
-    return rec if isinstance(rec, dict) else None
+    from coto_tools.jsonio import read_json
+
+    rec: dict[str, Any] = read_json(f)  # a damaged coto.json is one error line
+    return rec
 
 
 def resolve_task(
@@ -238,12 +236,13 @@ def default_evaluator(
     split: str,
     *,
     device: DeviceLike | None = None,
+    dtype: str | None = None,
 ) -> GateEvaluator:
     """One :class:`~coto_tools.runtime.evaluator.Evaluator` holding every branch, on ``device``
-    (``None``: the task's model where it is built, the CPU)."""
+    (``None``: the task's model where it is built, the CPU), in ``dtype`` (``--dtype``)."""
     from coto_tools.runtime.evaluator import Evaluator
 
-    return Evaluator(task, dict(adapters), split=split, device=device)
+    return Evaluator(task, dict(adapters), split=split, device=device, dtype=dtype)
 
 
 def _gates(names: Sequence[str], on: Sequence[str]) -> dict[str, float]:
@@ -331,7 +330,10 @@ def prune_checkpoint(
     total = 2 + len(plan) + len(orders) + len(grid)
     if executor is None or executor.is_local:
         if factory is None:
-            ev = default_evaluator(task, branches, config.split, device=local_device(executor))
+            ev = default_evaluator(
+                task, branches, config.split,
+                device=local_device(executor), dtype=local_dtype(executor),
+            )  # fmt: skip
         else:
             ev = factory(task, branches, config.split)
     else:

@@ -22,6 +22,7 @@ Conventions (per tower: a two-tower layout such as CLIP is split within each tow
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -202,11 +203,19 @@ def _keys(module_names: Iterable[str]) -> list[ModuleKey]:
 
 
 def _need_layers(keys: Sequence[ModuleKey], what: str) -> None:
+    """Layer strategies choose among the modules with a layer index; the others (the ``other``
+    player, e.g. ``bert.pooler.dense``) are never kept by them (a warning names them)."""
     bad = [k.name for k in keys if k.layer is None]
-    if bad:
+    if len(bad) == len(keys):
         raise OptionError(
             f"strategy {what} needs layer indices, but {len(bad)} module(s) have an unrecognised "
             f"layout (e.g. {bad[0]}); use kind:, shapley-, norm- or random: strategies"
+        )
+    if bad:
+        warnings.warn(
+            f"strategy {what}: {len(bad)} module(s) with no layer index (group 'other', e.g. "
+            f"{bad[0]}) are off in it; layer strategies choose among the other modules",
+            stacklevel=3,
         )
 
 
@@ -231,14 +240,14 @@ def _by_layers(keys: Sequence[ModuleKey], kind: StrategyKind) -> list[str]:
 
 def _by_kind(keys: Sequence[ModuleKey], want: str) -> list[str]:
     bad = [k.name for k in keys if k.kind is None]
-    if bad:
+    if len(bad) == len(keys):
         raise OptionError(
             f"strategy kind:{want} needs module kinds, but {len(bad)} module(s) have an "
             f"unrecognised layout (e.g. {bad[0]})"
         )
     kept = [k.name for k in keys if k.kind == want]
     if not kept:
-        present = sorted({str(k.kind) for k in keys})
+        present = sorted({k.kind for k in keys if k.kind is not None})
         raise OptionError(
             f"strategy kind:{want}: no adapter of that kind; kinds present: {present}"
         )

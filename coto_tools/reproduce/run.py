@@ -28,7 +28,7 @@ from coto_tools.reproduce.report import META_FILE, build_report
 from coto_tools.reproduce.stage import Stage, read_json, say, write_json
 from coto_tools.reproduce.training import Run, train_stage
 from coto_tools.reproduce.workbench import Workbench
-from coto_tools.runtime.executor import local_device
+from coto_tools.runtime.executor import local_device, local_dtype
 
 META_FORMAT = "coto-tools/reproduce"
 
@@ -148,7 +148,7 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> ReproduceRes
     counters = {"trained": 0, "evaluations": 0, "stages_run": 0, "stages_skipped": 0}
     say(f"{config.task}: {preset.name} preset, {preset.seeds} seed(s) -> {out}", progress=progress)
     # tasks, base models and evaluations shared by the stages (evaluators on the device)
-    bench = Workbench(device=local_device(config.executor))
+    bench = Workbench(device=local_device(config.executor), dtype=local_dtype(config.executor))
     kw: dict[str, Any] = {"progress": progress, "counters": counters, "bench": bench}
     try:
         runs = train_stage(config, preset, **kw)

@@ -36,6 +36,7 @@ from torch import nn
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.errors import CotoError
 from coto_tools.runtime.device import DeviceLike, resolve_device
+from coto_tools.runtime.dtype import resolve_dtype
 from coto_tools.runtime.evaluator import Evaluator
 from coto_tools.tasks.base import Metrics, Task
 
@@ -53,14 +54,19 @@ def same_adapter(a: LoraAdapter, b: LoraAdapter) -> bool:
     return True
 
 
+RUNS_LOGITS_CACHE = 8192
+"""Configurations whose logits the main runs' evaluator keeps (for per-document results)."""
+
+
 class Workbench:
     """Shared tasks, base models, zero-shot metrics and the main runs' evaluator (see module
     doc). ``device``: where the evaluators run (``auto``, ``cpu``, ``cuda``, ``cuda:N``;
     ``None``: on the shared model where it is, the CPU); checked here. Call :meth:`close` when
     the reproduction ends."""
 
-    def __init__(self, device: DeviceLike | None = None) -> None:
+    def __init__(self, device: DeviceLike | None = None, dtype: str | None = None) -> None:
         self.device: torch.device | None = None if device is None else resolve_device(device)
+        self.dtype = dtype  # --dtype of the evaluation models (None/auto/float32 on the CPU: 32)
         self._tasks: dict[str, Task] = {}
         self._models: dict[int, nn.Module] = {}
         self._eval_models: dict[int, nn.Module] = {}  # per task, on a non-CPU device
@@ -99,12 +105,17 @@ class Workbench:
     def eval_model(self, task: Task) -> nn.Module:
         """The base model the evaluators of ``task`` use: :meth:`model` when the device is the
         CPU (or ``None``), else a second one built for the evaluators and moved to the device."""
-        if self.device is None or self.device.type == "cpu":
+        want = None
+        if self.dtype is not None:
+            where = self.device if self.device is not None else torch.device("cpu")
+            want = resolve_dtype(self.dtype, where, task.native_dtype())
+        if (self.device is None or self.device.type == "cpu") and want in (None, torch.float32):
             return self.model(task)
         self._own(task)
         model = self._eval_models.get(id(task))
         if model is None:
-            model = self._eval_models[id(task)] = task.build_model().to(self.device)
+            built = task.build_model_in(want)
+            model = self._eval_models[id(task)] = built.to(self.device or torch.device("cpu"))
             self.models_built += 1
         return _clean(task, model)
 
@@ -115,9 +126,23 @@ class Workbench:
             self.close_runs_evaluator()
         return self._evaluator(task, adapters, split)
 
-    def _evaluator(self, task: Task, adapters: Mapping[str, LoraAdapter], split: str) -> Evaluator:
+    def _evaluator(
+        self,
+        task: Task,
+        adapters: Mapping[str, LoraAdapter],
+        split: str,
+        *,
+        logits_cache: int = 64,
+    ) -> Evaluator:
         model = self.eval_model(task)
-        return Evaluator(task, dict(adapters), split=split, model=model, device=self.device)
+        return Evaluator(
+            task,
+            dict(adapters),
+            split=split,
+            model=model,
+            device=self.device,
+            logits_cache=logits_cache,
+        )
 
     # -- zero-shot ----------------------------------------------------------------------------
     def zero_shot(self, task: Task, split: str) -> Metrics | None:
@@ -142,7 +167,9 @@ class Workbench:
             if all(same_adapter(held[n], a) for n, a in adapters.items()):
                 return self._runs_ev
         self.close_runs_evaluator()
-        self._runs_ev = self._evaluator(task, adapters, split)
+        # logits of every configuration kept: pruning reads its per-document results back
+        # (a few KiB per configuration) without evaluating again
+        self._runs_ev = self._evaluator(task, adapters, split, logits_cache=RUNS_LOGITS_CACHE)
         self._runs_key = key
         return self._runs_ev
 

@@ -30,6 +30,7 @@ equal a plain forward up to float rounding (texts are regrouped by length to ski
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -48,6 +49,7 @@ from coto_tools.runtime.branches import DEFAULT, Branch, BranchKeys, Config, Con
 from coto_tools.runtime.device import DeviceLike, resolve_device
 from coto_tools.runtime.dtype import DtypeLike, check_dtype, resolve_dtype
 from coto_tools.runtime.gated import GatedModel, inject
+from coto_tools.runtime.memory import MemoryEstimate, estimate_memory
 from coto_tools.runtime.prefix import PrefixRunner, module_layer, supports_prefix
 from coto_tools.tasks.base import (
     SPLITS,
@@ -59,6 +61,8 @@ from coto_tools.tasks.base import (
     uses_metric_sums,
 )
 from coto_tools.tasks.prompt_head import PromptTask
+
+_log = logging.getLogger("coto_tools")
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,8 @@ class Evaluator(BaseEvaluator):
     Public state: :attr:`task`, :attr:`split`, :attr:`adapters`, :attr:`device`,
     :attr:`branches` / :attr:`branch_keys`, :attr:`labels` (CPU ``(n,)``; empty for tasks
     scored per token), :attr:`n_examples` (rows of the split, also for tasks scored per token),
-    :attr:`dtype`, :attr:`n_forward`, :attr:`n_cache_hits`.
+    :attr:`dtype`, :attr:`memory` (:func:`~coto_tools.runtime.memory.estimate_memory`, logged
+    to the ``coto_tools`` logger at INFO when built), :attr:`n_forward`, :attr:`n_cache_hits`.
     """
 
     def __init__(
@@ -214,6 +219,8 @@ class Evaluator(BaseEvaluator):
         if not batches:
             raise TaskError(f"task {task.name}: split {split!r} is empty")
         self.batches = [batch_to(b, self.device) for b in batches]
+        self.memory: MemoryEstimate = estimate_memory(self.model, self.batches)
+        _log.info(self.memory.line())  # the CLI shows it (not under --quiet)
         # tasks scored by additive sums (causal LM: per token) have no per-example logits
         self._sums = uses_metric_sums(task)
         labels = torch.empty(0) if self._sums else torch.cat([b.labels for b in batches])

@@ -135,6 +135,27 @@ def local_dtype(executor: ExecutorConfig | None) -> str | None:
     return None if executor is None or not executor.is_local else executor.dtype
 
 
+def planned_dtype(executor: ExecutorConfig | None, task: Any) -> str:
+    """The dtype (name) the evaluators of ``executor`` will build ``task``'s model in, known
+    before any is built (for a run's fingerprint): ``float32`` unless ``--dtype`` asks otherwise
+    (``auto`` on CUDA: the model config's dtype; a Ray ``auto``/``cuda`` device counts as CUDA
+    when this machine has CUDA)."""
+    import torch
+
+    from coto_tools.runtime.dtype import dtype_name, resolve_dtype
+
+    if executor is None:
+        return "float32"
+    if executor.device == CPU:
+        device = "cpu"
+    elif executor.device == AUTO:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = "cuda"
+    native = task.native_dtype() if executor.dtype == AUTO else None
+    return dtype_name(resolve_dtype(executor.dtype, device, native))
+
+
 @dataclass(frozen=True)
 class EvaluatorSpec:
     """What a worker needs to build its own :class:`Evaluator` (all picklable).
@@ -250,5 +271,6 @@ __all__ = [
     "executor_from_cli",
     "local_device",
     "local_dtype",
+    "planned_dtype",
     "make_evaluator",
 ]

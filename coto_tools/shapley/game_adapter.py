@@ -204,12 +204,14 @@ def game_fingerprint(
     metrics: Sequence[str],
     scalings: Mapping[str, Any] | None = None,
     inputs: Mapping[str, str] | None = None,
+    dtype: str = "float32",
 ) -> str:
     """A short stable id of an adapter game: everything that changes a value. The adapter
     weights' hash and ``scalings`` (:func:`adapter_scalings`: the config's alphas, ranks,
     rsLoRA), the task and its options, ``inputs`` (``{path: content_digest}`` of the data,
-    plugin and local base model the task reads), the split, the players, the metrics and
-    :data:`METRIC_DEFINITIONS`."""
+    plugin and local base model the task reads), the split, the players, the metrics,
+    :data:`METRIC_DEFINITIONS` and the model's ``dtype`` (left out for float32, so float32 logs
+    keep their fingerprint)."""
     spec = {
         "weights_sha256": weights,
         "scalings": dict(scalings or {}),
@@ -222,5 +224,7 @@ def game_fingerprint(
         "metrics": sorted(metrics),
         "metric_definitions": METRIC_DEFINITIONS,
     }
+    if dtype != "float32":
+        spec["dtype"] = dtype
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return f"adapter-game:{hashlib.sha256(blob).hexdigest()[:32]}"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from coto_tools.adapters.atomic import atomic_write_text
+from coto_tools.adapters.keys import parse_module_name
 from coto_tools.adapters.players import Players
 from coto_tools.jsonio import dumps_strict
 from coto_tools.shapley.plots import (
@@ -46,9 +47,12 @@ JSON_FORMAT = "coto-tools/shapley"
 
 
 def layer_contributions(players: Players, values: np.ndarray) -> dict[int, float] | None:
-    """``{layer: sum of that layer's player values}``; ``None`` if a player spans layers."""
+    """``{layer: sum of that layer's player values}``; ``None`` if a player spans layers.
+    Players with no layer at all (the ``other`` group, e.g. a pooler) are left out."""
     out: dict[int, float] = {}
     for members, v in zip(players.members, values, strict=True):
+        if all(parse_module_name(m).layer is None for m in members):
+            continue
         layer = player_cell(members)[2]
         if layer == ALL:
             return None

@@ -15,7 +15,7 @@ import numpy as np
 
 from coto_tools.adapters.atomic import atomic_path
 from coto_tools.adapters.keys import parse_module_name
-from coto_tools.adapters.players import Players
+from coto_tools.adapters.players import OTHER, Players
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,15 +47,22 @@ def player_cell(members: Sequence[str]) -> tuple[str, str, str]:
     return tower, kind, layer
 
 
+def _unplaced(members: Sequence[str]) -> bool:
+    """Whether no member has a parsed layer (the ``other`` player of a layer/kind grouping)."""
+    return all(parse_module_name(m).layer is None for m in members)
+
+
 def heatmap_grid(players: Players, values: np.ndarray) -> HeatGrid:
     """Lay ``values (n_players,)`` out by (tower, kind) rows and layer columns.
 
     Layer columns are labelled 1..L (module index + 1); a player spanning several layers
     (kind or tower players) goes to column ``all``, one spanning several kinds to row ``all``.
     """
-    cells = [player_cell(m) for m in players.members]
-    towers = {t for t, _, _ in cells}
-    row_of = [k if len(towers) == 1 else f"{t}.{k}" for t, k, _ in cells]
+    cells = [
+        (OTHER, OTHER, ALL) if _unplaced(m) else player_cell(m) for m in players.members
+    ]  # modules with no layer (the "other" player, e.g. a pooler): one row "other", column all
+    towers = {t for t, _, _ in cells if t != OTHER}
+    row_of = [k if len(towers) <= 1 or t == OTHER else f"{t}.{k}" for t, k, _ in cells]
     rows = tuple(dict.fromkeys(row_of))
     layer_ids = sorted({int(lay) for _, _, lay in cells if lay != ALL})
     cols = tuple(str(i + 1) for i in layer_ids) + (

@@ -29,9 +29,16 @@ import numpy as np
 from coto_tools.adapters.io import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.outguard import check_output, task_files
-from coto_tools.adapters.players import Grouping, Players, make_players
+from coto_tools.adapters.players import (
+    Grouping,
+    Players,
+    make_players,
+    players_from_map,
+    read_players_map,
+)
 from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError
-from coto_tools.runtime.executor import ExecutorConfig, local_device
+from coto_tools.runtime.dtype import dtype_name
+from coto_tools.runtime.executor import ExecutorConfig, local_device, local_dtype, planned_dtype
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.game_adapter import (
     AdapterGame,
@@ -93,6 +100,9 @@ class ShapleyConfig:
     batch_size: int = 64
     sample_batch: int = 256
     eval_batch_size: int = 64
+    players_map: Path | None = None
+    """``--players-map FILE``: players by regex (JSON ``{regex: player}``) instead of
+    ``players`` (:func:`~coto_tools.adapters.players.players_from_map`)."""
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -170,6 +180,22 @@ def default_out(checkpoint: Path) -> Path:
     return checkpoint / "shapley"
 
 
+def _check_adapter(ckpt: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``ckpt`` holds a LoRA adapter (header only)."""
+    from coto_tools.adapters import open_checkpoint
+
+    try:
+        open_checkpoint(ckpt)
+    except CheckpointError as exc:
+        hint = ""
+        if ckpt.is_dir() and (ckpt / "reproduce.json").is_file():
+            hint = (
+                "; it is a coto-tools reproduce folder: its adapters are in "
+                f"{ckpt / 'train'}/<run>, and its Shapley values in {ckpt / 'shapley'}"
+            )
+        raise CheckpointError(f"{exc}{hint}") from None
+
+
 def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
     """Load the checkpoint, resolve its task and players; raise on any bad input, write nothing."""
     from coto_tools.tasks import get_task, task_spec
@@ -178,6 +204,7 @@ def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
     ckpt = Path(checkpoint)
     if not ckpt.exists():
         raise CheckpointError(f"{ckpt}: checkpoint not found")
+    _check_adapter(ckpt)  # "no adapter here" before "no task known"
     record = read_record(ckpt) if ckpt.is_dir() and (ckpt / RUN_FILE).is_file() else None
     if config.task is not None:
         task_name, variant = config.task, {}
@@ -192,7 +219,10 @@ def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
     check_output(out, [ckpt, *reads], replaces=False, inside_ok=True)
     task = get_task(task_name, **variant)
     adapter = load_adapter(ckpt)
-    players = make_players(adapter.modules, config.players)
+    if config.players_map is not None:
+        players = players_from_map(adapter.modules, read_players_map(config.players_map))
+    else:
+        players = make_players(adapter.modules, config.players)
     if len(players) < 1:
         raise OptionError(f"{ckpt}: the adapter has no modules")
     return Prepared(
@@ -280,6 +310,11 @@ def shapley_run(
         metrics=metrics,
         scalings=adapter_scalings(prep.adapter),
         inputs=prep.inputs_sha256,
+        dtype=(
+            dtype_name(evaluator.dtype)
+            if getattr(evaluator, "dtype", None) is not None
+            else planned_dtype(executor, prep.task)
+        ),
     )
     n = len(prep.players)
     requested = config
@@ -289,6 +324,7 @@ def shapley_run(
     _check_budget(config, n)
     created = _missing_dirs(prep.out)
     log_path = prep.out / LOG_FILE
+    new_log = not log_path.exists() or config.force
     try:
         prep.out.mkdir(parents=True, exist_ok=True)
         if config.force and log_path.exists():
@@ -299,7 +335,7 @@ def shapley_run(
         return _run(prep, config, requested, capped, fingerprint, log_path, progress, model,
                     executor, evaluator, branch, figures)  # fmt: skip
     except BaseException:
-        _remove_if_empty(log_path, created)
+        _remove_if_empty(log_path if new_log else None, created)
         raise
 
 
@@ -313,11 +349,12 @@ def _missing_dirs(path: Path) -> list[Path]:
     return missing
 
 
-def _remove_if_empty(log_path: Path, created: list[Path]) -> None:
-    """After a failed run: an evaluation log holding no evaluation, and the folders this run
-    created if nothing else is left in them (a failure leaves no empty output behind)."""
+def _remove_if_empty(log_path: Path | None, created: list[Path]) -> None:
+    """After a failed run: the evaluation log this run started, if it holds no evaluation, and
+    the folders this run created if nothing else is left in them (a failure leaves no empty
+    output behind)."""
     try:
-        if log_path.is_file() and log_path.read_bytes().count(b"\n") <= 1:
+        if log_path is not None and log_path.is_file() and log_path.read_bytes().count(b"\n") <= 1:
             log_path.unlink()
         for d in created:
             d.rmdir()  # only if empty (OSError otherwise: kept)
@@ -355,6 +392,7 @@ def _run(
             batch_size=config.eval_batch_size,
             model=model,
             device=local_device(executor),
+            dtype=local_dtype(executor),
         )
     else:  # the adapter is shipped by value: workers need not see the checkpoint
         from coto_tools.runtime.executor import EvaluatorSpec, make_evaluator
@@ -400,8 +438,10 @@ def _run(
         "task": prep.task_name,
         "task_variant": prep.task_variant,
         "split": config.split.value,
-        "n_examples": int(len(evaluator.labels)),
+        "n_examples": int(getattr(evaluator, "n_examples", len(evaluator.labels))),
+        "dtype": str(getattr(evaluator, "dtype", "float32")).removeprefix("torch."),
         "grouping": prep.players.grouping,
+        "other": list(prep.players.other),
         "metric": config.metric.value,
         "estimator_requested": requested.estimator.value,
         "budget": config.effective_budget(),

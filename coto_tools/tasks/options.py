@@ -184,13 +184,14 @@ def _plain(args: UserTaskArgs) -> dict[str, Any]:
 
 
 def evaluate_adapters(
-    task: Task, adapters: Mapping[str, Any], *, split: str = "eval"
+    task: Task, adapters: Mapping[str, Any], *, split: str = "eval", dtype: str | None = None
 ) -> dict[str, Metrics]:
     """Metrics of each adapter alone (all its modules on) on ``task``, one base model, through
-    the gated runtime (:class:`~coto_tools.runtime.evaluator.Evaluator`); plus ``"base"``."""
+    the gated runtime (:class:`~coto_tools.runtime.evaluator.Evaluator`; ``dtype``:
+    ``--dtype``); plus ``"base"``."""
     from coto_tools.runtime.evaluator import Evaluator
 
-    ev = Evaluator(task, dict(adapters), split=split)
+    ev = Evaluator(task, dict(adapters), split=split, dtype=dtype)
     try:
         out = {"base": ev.value({})}
         for name, ad in adapters.items():
@@ -202,4 +203,5 @@ def evaluate_adapters(
 
 def format_metrics(m: Metrics, *, perplexity: bool = False) -> str:
     ppl = f", perplexity {m.perplexity:.4g}" if perplexity else ""
-    return f"accuracy {m.accuracy:.4f}, loss {m.loss:.4f}, logprob {m.logprob:.4f}{ppl}"
+    extra = "".join(f", {k} {v:.4f}" for k, v in m.extra)
+    return f"accuracy {m.accuracy:.4f}{extra}, loss {m.loss:.4f}, logprob {m.logprob:.4f}{ppl}"
