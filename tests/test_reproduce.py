@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from coto_tools.cli import main
 from coto_tools.errors import OptionError
 from coto_tools.reproduce import ReproduceConfig, TaskSpec, build_report, reproduce
-from coto_tools.reproduce.claims import FAILS, HOLDS, INCONCLUSIVE
+from coto_tools.reproduce.claims import FAILS, HOLDS, INCONCLUSIVE, UNDECIDABLE
 
 SECTIONS = (
+    "Verdicts",
     "Overview",
     "Claims",
     "1. Generalisation",
@@ -59,9 +60,21 @@ def test_quick_writes_every_section_and_claim(quick_dir: Path) -> None:
     got = claims["runs"][0]["claims"]
     assert [c["claim"] for c in got] == list(CLAIMS)
     for c in got:
-        assert c["verdict"] in (HOLDS, FAILS, INCONCLUSIVE), c
+        assert c["verdict"] in (HOLDS, FAILS, INCONCLUSIVE, UNDECIDABLE), c
         prim = [r for r in c["rows"] if r["primary"]]
         assert len(prim) == 1 and prim[0]["verdict"] == c["verdict"]
+        # each claim names its test, its paired primary measure and what it could detect
+        assert c["method"].startswith("paired t test")
+        assert c["primary_measure"] == prim[0]["measure"]
+        assert (c["smallest_detectable"] is None) == (c["verdict"] == UNDECIDABLE)
+    # 2 seeds: one disjoint pair, so merging and connectivity are undecidable, said at the top
+    by = {c["claim"]: c for c in got}
+    assert by["merging"]["verdict"] == by["connectivity"]["verdict"] == UNDECIDABLE
+    assert by["merging"]["seeds_needed"]["to_decide"] == 4
+    top = md.split("## Overview")[0]
+    assert "Undecidable at 2 seed(s)" in top and "--seeds 4" in top
+    pruning = next(r for r in by["pruning robustness"]["rows"] if r["primary"])
+    assert pruning["measure"].startswith("everyother drop") and pruning["n_docs"] is not None
     assert "Verdict rule" in html and html_escape(claims["rule"]) in html
     # tiny has no label subsets: the cross-task part is skipped with its reason
     assert "Skipped: the tiny task has no label-subset variants" in md
@@ -181,7 +194,7 @@ def test_cross_task_path_and_single_seed(tmp_path: Path) -> None:
     assert all(r["space"] == "delta" and r["weights"] == [1.0, 1.0] for r in ta)
     assert json.loads((tmp_path / "x/lmc/lmc_summary.json").read_text())["skipped"]
     for c in result.claims:
-        assert c["verdict"].startswith(("inconclusive", "not measured")), c
+        assert c["verdict"].startswith((UNDECIDABLE, "not measured")), c
     md = (tmp_path / "x/report.md").read_text()
     assert "2b. Cross-task merging" in md and "Skipped" not in md.split("2b.")[1].split("##")[0]
 
@@ -203,7 +216,7 @@ def test_merge_command_gives_the_reported_accuracy(
 ) -> None:
     """The report's ``coto-tools merge ... --eval`` line rebuilds a merge and its accuracy."""
     md = (quick_dir / "report.md").read_text()
-    name = "lora-1to1-s0-1-factor"
+    name = "lora-1to1-s0-1-peft-linear"
     line = next(x for x in md.splitlines() if x.startswith("coto-tools merge ") and name in x)
     args = shlex.split(line)[1:]
     args[args.index("--out") + 1] = str(tmp_path / "merged")

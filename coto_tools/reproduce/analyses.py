@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -84,6 +83,7 @@ def prune_stage(
         force=True,
     )
     kw: dict[str, Any] = {}
+    shared = None
     if bench is not None and _local(config):
         shared = runs_evaluator(bench, config, rs, preset.split)
 
@@ -109,11 +109,32 @@ def prune_stage(
                 "strategies": {s.strategy.name: _metrics(s.metrics) for s in c.strategies},
                 "kept": {s.strategy.name: list(s.kept) for s in c.strategies},
                 "notes": list(c.notes),
+                "docs": _prune_docs(shared, r, c),
             }
         )
     write_json(work / "prune_summary.json", {"split": preset.split, "runs": rows})
     counters["stages_run"] += 1
     return stage.commit({"figures": ["prune_strategies.png"], "summary": "prune_summary.json"})
+
+
+def _prune_docs(shared: Any, run: Run, result: Any) -> dict[str, str]:
+    """Per-document correctness (strings of 0/1) of ``run`` with all adapters, none, and each
+    strategy's survivors, read from the shared evaluator's kept logits (nothing is evaluated
+    again); empty without a shared evaluator (Ray) or per-document logits."""
+    if shared is None:
+        return {}
+    from coto_tools.reproduce.merging import doc_bits
+
+    names = list(shared.adapters[run.name].modules)
+
+    def config(kept: Sequence[str]) -> dict[tuple[str, str], float]:
+        keep = set(kept)
+        return {(run.name, m): 1.0 if m in keep else 0.0 for m in names}
+
+    out = {"full": doc_bits(shared, config(names)), "empty": doc_bits(shared, config(()))}
+    for s in result.strategies:
+        out[s.strategy.name] = doc_bits(shared, config(s.kept))
+    return {k: v for k, v in out.items() if v}
 
 
 # -- Shapley ------------------------------------------------------------------------------------
@@ -208,11 +229,14 @@ def shapley_stage(
 
 # -- LMC ----------------------------------------------------------------------------------------
 def lmc_pairs(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
-    """Every pair of seeds of the same method (LoRA pairs first)."""
+    """Disjoint pairs of seeds of the same method, (0, 1), (2, 3), ... (LoRA pairs first): no
+    seed is in two pairs, so each pair's barrier is an independent unit for the claim."""
+    from coto_tools.reproduce.stats import disjoint_groups
+
     pairs = []
     for m in METHODS:
-        same = [r for r in runs if r.method == m.value]
-        pairs += list(itertools.combinations(same, 2))
+        by_seed = {r.seed: r for r in runs if r.method == m.value}
+        pairs += [(by_seed[a], by_seed[b]) for a, b in disjoint_groups(list(by_seed), 2)]
     return pairs
 
 

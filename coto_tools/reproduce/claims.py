@@ -288,7 +288,7 @@ def _minus_mean(a: np.ndarray | None, parts: Sequence[np.ndarray | None]) -> np.
     return None if a is None or mean is None or a.size != mean.size else a - mean
 
 
-def _variant(row: Mapping[str, Any]) -> str:
+def merge_variant(row: Mapping[str, Any]) -> str:
     """The merge variant of a merge row (rows written before variants were labelled: by space)."""
     if row.get("variant"):
         return str(row["variant"])
@@ -310,7 +310,9 @@ def merge_units(
         (r["method"], int((r.get("seeds") or [r.get("seed")])[0])): r["name"]
         for r in merge.get("singles", [])
     }
-    rows = [r for r in merge.get("merges", []) if r["label"] == ratio and _variant(r) == variant]
+    rows = [
+        r for r in merge.get("merges", []) if r["label"] == ratio and merge_variant(r) == variant
+    ]
     have = {(r["method"], tuple(int(s) for s in r["seeds"])): r for r in rows}
     seeds = sorted({s for m, s in acc})
     groups = [
@@ -346,7 +348,8 @@ def merging(
     docs = prune_docs(prune)
     rows: list[Row] = []
     merges = merge.get("merges", [])
-    present = {(_variant(r), r["label"]) for r in merges}
+    present = {(merge_variant(r), r["label"]) for r in merges}
+    present.add((MERGE_PRIMARY, "1:1"))  # the primary row even without merges: undecidable
     for variant in MERGE_VARIANTS:
         for ratio in ("1:1", "1:2", "1:1:1"):
             if (variant, ratio) not in present:
@@ -518,8 +521,10 @@ def shapley_balance(shapley: Mapping[str, Any]) -> Claim:
 
 
 def connectivity(lmc: Mapping[str, Any]) -> Claim:
-    if "pairs" not in lmc:
-        return _claim("connectivity", _LMC_TEXT, [], skipped=str(lmc.get("skipped", "")))
+    if "pairs" not in lmc:  # no pair of seeds: undecidable, with the seeds it needs
+        skipped = str(lmc.get("skipped", ""))
+        row = Row(_LMC_PRIMARY, (), (), False, True, "accuracy", (), None, 2, skipped)
+        return _claim("connectivity", _LMC_TEXT, [row])
     pairs = lmc["pairs"]
     seeds = sorted({int(s) for p in pairs for s in p["seeds"]})
     groups = stats.disjoint_groups(seeds, 2)
@@ -536,7 +541,7 @@ def connectivity(lmc: Mapping[str, Any]) -> Claim:
             use = [g for g in groups if g in vals["lora"] and g in vals["coto"]]
             rows.append(
                 Row(
-                    f"{metric} barrier between seeds ({space} space)",
+                    _LMC_PRIMARY if primary else f"{metric} barrier between seeds ({space} space)",
                     tuple(vals["lora"][g] for g in use),
                     tuple(vals["coto"][g] for g in use),
                     higher_is_better=False,
@@ -549,6 +554,7 @@ def connectivity(lmc: Mapping[str, Any]) -> Claim:
     return _claim("connectivity", _LMC_TEXT, rows)
 
 
+_LMC_PRIMARY = "accuracy barrier between seeds (factor space)"
 _LMC_TEXT = (
     "CoTo adapters of different seeds are linearly connected: a smaller barrier on the straight "
     "path between them than between LoRA adapters."

@@ -73,6 +73,32 @@ def merge_command(
     return _q(parts)
 
 
+def param_average_comment(
+    inputs: Sequence[str], row: Mapping[str, Any], task: str, split: str
+) -> str:
+    """The plain parameter average has no ``merge`` method: for two inputs, ``coto-tools lmc``
+    in factor space evaluates it as the point ``a = w_2`` of the path (a comment line)."""
+    w = row["weights"]
+    if len(inputs) == 2:
+        from fractions import Fraction
+
+        points = Fraction(w[1]).limit_denominator(12).denominator + 1  # a = w_2 on the grid
+        how = _q(
+            ["coto-tools", "lmc", *inputs, "--space", "factor", "--points", points,
+             "--split", split]
+        )  # fmt: skip
+        return (
+            f"# {row['name']}: plain parameter average (A, B averaged, weights "
+            f"{', '.join(f'{x:.4g}' for x in w)}) = the factor-space LMC point a = {w[1]:.4g}: "
+            f"{how}  (task {task})"
+        )
+    return (
+        f"# {row['name']}: plain parameter average of {len(inputs)} adapters (A, B averaged): "
+        "coto_tools.lmc.space.interpolate_factors(adapters, weights), evaluated on "
+        f"{task} {split}"
+    )
+
+
 def prune_command(checkpoints: Sequence[str], split: str, out: str) -> str:
     parts = [
         "coto-tools",
@@ -153,6 +179,9 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
                 lines.append(f"# {row['name']}: for the second task rerun with --task {other}")
             out = f"{out_dir}/{st}/adapters/{row['name']}"
             runs_in = [run_path[n] for n in row["runs"]]
+            if row["merge_method"] == "param-average":
+                lines.append(param_average_comment(runs_in, row, spec, s[st]["split"]))
+                continue
             lines.append(merge_command(runs_in, row, out, spec, s[st]["split"]))
     if "prune" in s:
         lines.append(prune_command(main, s["prune"]["split"], f"{out_dir}/prune"))

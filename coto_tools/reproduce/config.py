@@ -232,7 +232,7 @@ class ReproduceConfig:
         changes: dict[str, Any] = {}
         if self.seeds is not None:
             changes["seeds"] = self.seeds
-            changes["cross_seeds"] = min(p.cross_seeds, self.seeds)
+            changes["cross_seeds"] = self.seeds  # --seeds N scales every stage
         if self.steps is not None:
             changes["steps"] = self.steps
         if self.cross_tasks is not None:

@@ -10,13 +10,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from coto_tools.adapters.atomic import atomic_path
+from coto_tools.plotting import METHOD_COLORS as COLORS
+from coto_tools.plotting import METHOD_NAMES as NAMES
+from coto_tools.plotting import (
+    METHOD_ORDER,
+    SPACE_STYLES,
+    bars_from_zero,
+    error_bars,
+    legend_outside,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METHOD_ORDER = ("lora", "coto")
-COLORS = {"lora": "#1f77b4", "coto": "#d62728"}
-NAMES = {"lora": "LoRA", "coto": "CoTo"}
+__all__ = ["COLORS", "METHOD_ORDER", "NAMES"]  # the shared style, re-exported
 
 
 def _plt() -> Any:
@@ -47,19 +54,20 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 def single_figure(rows: Sequence[Mapping[str, Any]], zero_shot: float | None) -> Figure:
     """Accuracy of each adapter (dots) and the mean per method (bar), zero-shot as a line."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for i, m in enumerate(METHOD_ORDER):
         acc = [r["accuracy"] for r in rows if r["method"] == m]
         mean, sd = _mean_sd(acc)
-        ax.bar(i, mean, yerr=sd, color=COLORS[m], alpha=0.5, capsize=4)
+        yerr = error_bars([sd], [len(acc)])
+        ax.bar(i, mean, yerr=yerr, color=COLORS[m], alpha=0.5, capsize=4, width=0.6)
         ax.plot([i] * len(acc), acc, "o", color=COLORS[m])
     if zero_shot is not None:
         ax.axhline(zero_shot, color="0.4", ls="--", lw=1, label=f"zero-shot {zero_shot:.3f}")
-        ax.legend(fontsize=8, loc="lower right")
     ax.set_xticks(range(len(METHOD_ORDER)), [NAMES[m] for m in METHOD_ORDER])
     ax.set_ylabel("accuracy")
     ax.set_title("Single-task accuracy (dots: seeds; bars: mean ± sd)", fontsize=9)
-    _zoom(ax, [r["accuracy"] for r in rows] + ([zero_shot] if zero_shot is not None else []))
+    ax.set_ylim(0.0, 1.0)  # bars start at 0
+    legend_outside(ax)
     return fig
 
 
@@ -72,15 +80,18 @@ def _zoom(ax: Any, values: Sequence[float]) -> None:
 
 
 def merge_figure(summary: Mapping[str, Any]) -> Figure:
-    """Accuracy against merge ratio (0:1 = single adapters), factor (dashed) and delta space
-    (solid), mean ± sd over seeds / seed combinations."""
+    """Accuracy against merge ratio (0:1 = single adapters), one line per merge variant
+    (solid: plain parameter average, dashed: PEFT linear, dotted: exact delta average), mean
+    ± sd over disjoint seed groups."""
     plt = _plt()
-    ratios = ["0:1", "1:2", "1:1", "1:1:1"]
-    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    present = {r["label"] for r in summary["merges"]}
+    ratios = ["0:1", *(r for r in ("1:2", "1:1", "1:1:1") if r in present)]  # no empty tick
+    fig, ax = plt.subplots(figsize=(6.8, 3.8))
     allv: list[float] = []
+    styles = {"param-average": "-", "peft-linear": "--", "delta-average": ":"}
     for m in METHOD_ORDER:
-        for space, style in (("factor", "--"), ("delta", "-")):
-            xs, ys, es = [], [], []
+        for variant, style in styles.items():
+            xs, ys, es, ns = [], [], [], []
             for i, ratio in enumerate(ratios):
                 if ratio == "0:1":
                     acc = [r["accuracy"] for r in summary["singles"] if r["method"] == m]
@@ -88,32 +99,44 @@ def merge_figure(summary: Mapping[str, Any]) -> Figure:
                     acc = [
                         r["accuracy"]
                         for r in summary["merges"]
-                        if r["method"] == m and r["label"] == ratio and r["space"] == space
+                        if r["method"] == m and r["label"] == ratio and _variant(r) == variant
                     ]
                 if acc:
                     mean, sd = _mean_sd(acc)
                     xs.append(i)
                     ys.append(mean)
                     es.append(sd)
+                    ns.append(len(acc))
                     allv += acc
+            if len(xs) < 2:
+                continue
             ax.errorbar(
                 xs,
                 ys,
-                yerr=es,
+                yerr=error_bars(es, ns),
                 fmt=style,
-                marker="o",
+                marker=_MARKERS.get(variant, "o"),
                 color=COLORS[m],
                 capsize=3,
-                label=f"{NAMES[m]} ({space})",
+                label=f"{NAMES[m]} ({variant})",
             )
     ax.set_xticks(range(len(ratios)), ratios)
     ax.set_xlabel("merge ratio of seeds (0:1 = no merge)")
     ax.set_ylabel(f"accuracy ({summary['split']} split)")
-    ax.set_title("Merging adapters of different seeds", fontsize=9)
+    ax.set_title("Merging adapters of different seeds (disjoint seed groups)", fontsize=9)
     _zoom(ax, allv)
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=7)
     ax.grid(alpha=0.3)
     return fig
+
+
+_MARKERS = {"param-average": "o", "peft-linear": "s", "delta-average": "^"}  # one per line style
+
+
+def _variant(row: Mapping[str, Any]) -> str:
+    from coto_tools.reproduce.claims import merge_variant
+
+    return merge_variant(row)
 
 
 def cross_figure(summary: Mapping[str, Any]) -> Figure:
@@ -127,7 +150,7 @@ def cross_figure(summary: Mapping[str, Any]) -> Figure:
         groups = ["own adapter", *labels]
         width = 0.38
         for j, m in enumerate(METHOD_ORDER):
-            means, sds = [], []
+            means, sds, ns = [], [], []
             for g in groups:
                 if g == "own adapter":
                     acc = [
@@ -144,13 +167,16 @@ def cross_figure(summary: Mapping[str, Any]) -> Figure:
                 mean, sd = _mean_sd(acc)
                 means.append(mean)
                 sds.append(sd)
+                ns.append(len(acc))
             x = np.arange(len(groups)) + (j - 0.5) * width
-            ax.bar(x, means, width, yerr=sds, color=COLORS[m], alpha=0.7, capsize=3, label=NAMES[m])
+            ax.bar(x, means, width, yerr=error_bars(sds, ns), color=COLORS[m], alpha=0.7,
+                   capsize=3, label=NAMES[m])  # fmt: skip
         ax.set_xticks(range(len(groups)), groups, fontsize=8)
         ax.set_title(f"evaluated on {task}", fontsize=9)
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=7)
+        bars_from_zero(ax)
+    legend_outside(axes[0][-1])
     fig.suptitle("Cross-task merging", fontsize=10)
     fig.tight_layout()
     return fig
@@ -183,8 +209,8 @@ def lmc_figure(summary: Mapping[str, Any]) -> Figure:
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
             for k, p in enumerate(pairs):
-                color = plt.rcParams["axes.prop_cycle"].by_key()["color"][k % 10]
-                for space, style in (("delta", "-"), ("factor", "--")):
+                color = COLORS[m]
+                for space, style in SPACE_STYLES.items():
                     cv = p["curves"].get(space)
                     if cv is None:
                         continue
@@ -193,16 +219,50 @@ def lmc_figure(summary: Mapping[str, Any]) -> Figure:
                     ax.plot(
                         cv["a"],
                         cv[metric],
-                        style,
-                        marker="o",
+                        ls=style["ls"],
+                        marker=style["marker"],
                         ms=3,
                         color=color,
+                        alpha=max(0.35, 1.0 - 0.25 * k),  # later seed pairs lighter
                         label=f"s{p['seeds'][0]}-s{p['seeds'][1]} {space}: barrier {bt}",
                     )
             ax.set_title(f"{NAMES[m]}: {metric}", fontsize=9)
             ax.set_xlabel("a (0 = first seed, 1 = second)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            legend_outside(ax, fontsize=6)
     fig.suptitle(f"Linear mode connectivity between seeds ({summary['split']} split)")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curve_figure(curves: Mapping[str, Any]) -> Figure:
+    """Training loss per step of every main run (thin: per step; thick: moving mean over a
+    tenth of the steps), LoRA beside CoTo on shared log axes; the shaded span is the last 20%
+    of steps, the two windows the plateau rule compares."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True, squeeze=False)
+    runs = [r for r in curves.get("runs", {}).values() if r.get("role", "main") == "main"]
+    for ax, m in zip(axes[0], METHOD_ORDER, strict=True):
+        mine = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
+        done = sum(1 for r in mine if (r.get("plateau") or {}).get("plateaued"))
+        for k, r in enumerate(mine):
+            ls = np.asarray(r["losses"], dtype=np.float64)
+            x = np.arange(1, ls.size + 1)
+            w = max(1, ls.size // 10)
+            smooth = np.convolve(ls, np.ones(w) / w, mode="valid")
+            color = plt.rcParams["axes.prop_cycle"].by_key()["color"][k % 10]
+            ax.plot(x, np.maximum(ls, 1e-6), lw=0.5, alpha=0.35, color=color)
+            ax.plot(x[w - 1 :], np.maximum(smooth, 1e-6), lw=1.6, color=color,
+                    label=f"seed {r['seed']}")  # fmt: skip
+            if k == 0 and ls.size:
+                ax.axvspan(0.8 * ls.size, ls.size, color="0.9", zorder=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_title(f"{NAMES[m]}: {done}/{len(mine)} runs plateaued", fontsize=9)
+        ax.grid(alpha=0.3)
+        if mine:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("training loss (log scale)")
+    fig.suptitle("Learning curves (plateau rule: the last two tenths of training)", fontsize=10)
     fig.tight_layout()
     return fig

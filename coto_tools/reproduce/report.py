@@ -16,7 +16,14 @@ from coto_tools.adapters.outguard import check_output
 from coto_tools.errors import OptionError
 from coto_tools.jsonio import JsonFileError
 from coto_tools.reproduce import commands as cmd
-from coto_tools.reproduce.claims import RULE, build_claims
+from coto_tools.reproduce.claims import (
+    MERGE_PRIMARY,
+    MERGE_VARIANTS,
+    MERGE_WHY,
+    RULE,
+    build_claims,
+    merge_variant,
+)
 from coto_tools.reproduce.stage import DONE_FILE, read_json
 
 STAGES = ("train", "single", "merge", "cross", "prune", "shapley", "lmc")
@@ -83,17 +90,124 @@ def _ms(side: Mapping[str, Any]) -> str:
     return f"{side['mean']:.3f}{sd} (k={side['k']})"
 
 
+CLAIMS_HEAD = [
+    "claim",
+    "measure (* = primary)",
+    "LoRA mean ± sd",
+    "CoTo mean ± sd",
+    "paired d ± SE (CoTo better > 0)",
+    "units",
+    "smallest detectable (80% power)",
+    "p",
+    "verdict",
+]
+
+
 def claims_rows(claims: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """One row per measurement of every claim (:data:`CLAIMS_HEAD`)."""
     out = []
     for c in claims:
         if not c["rows"]:
-            out.append([c["claim"], "-", "-", "-", "-", c["verdict"]])
+            out.append([c["claim"], "-", "-", "-", "-", "-", "-", "-", c["verdict"]])
         for r in c["rows"]:
-            d = "n/a" if r["d"] is None else f"{r['d']:+.3f}"
-            se = "" if r.get("se_d") is None else f" (2 SE_d {2 * r['se_d']:.3f})"
+            d = "n/a" if r["d"] is None else f"{r['d']:+.4f}"
+            se = "" if r.get("se") is None else f" ± {r['se']:.4f}"
             name = ("* " if r["primary"] else "") + r["measure"]
-            out.append([c["claim"], name, _ms(r["lora"]), _ms(r["coto"]), d + se, r["verdict"]])
+            units = ", ".join(r.get("unit_labels") or []) or str(r.get("units", ""))
+            out.append(
+                [
+                    c["claim"],
+                    name,
+                    _ms(r["lora"]),
+                    _ms(r["coto"]),
+                    d + se,
+                    units,
+                    _f(r.get("mde"), 4),
+                    _f(r.get("p_value"), 3),
+                    r["verdict"],
+                ]
+            )
     return out
+
+
+def training_section(
+    curves: Mapping[str, Any], figure: Path
+) -> tuple[str, list[str], list[list[list[str]]], list[Path]]:
+    """Training length: each run's learning curve and whether the plateau rule says its
+    training loss stopped falling (LoRA and CoTo judged alike)."""
+    rows = [
+        ["run", "method", "seed", "steps", "loss before", "loss last", "fall", "tol", "plateaued"]
+    ]
+    runs = curves["runs"]
+    for name, r in runs.items():
+        t = r.get("plateau") or {}
+        rows.append(
+            [
+                name,
+                r["method"],
+                str(r["seed"]),
+                str(len(r["losses"])),
+                _f(t.get("prev"), 4),
+                _f(t.get("last"), 4),
+                _f(t.get("fall"), 4),
+                _f(t.get("tol"), 4),
+                {True: "yes", False: "NO", None: "n/a"}[t.get("plateaued")],
+            ]
+        )
+    short = [n for n, r in runs.items() if (r.get("plateau") or {}).get("plateaued") is False]
+    paras = [f"Plateau rule: {curves.get('rule', '')}."]
+    paras.append(
+        "Every run plateaued."
+        if not short
+        else f"Still falling at the end: {', '.join(short)}; those runs may be undertrained "
+        "(train longer with --steps)."
+    )
+    return "Training length (learning curves)", paras, [rows], [figure]
+
+
+def verdict_section(d: Mapping[str, Any]) -> tuple[str, list[str], list[list[list[str]]]]:
+    """The page's first section: each claim's verdict on its primary measure, the smallest
+    difference this run could detect, and the claims undecidable at these seeds (with the
+    seeds they would need)."""
+    from coto_tools.reproduce.claims import undecidable_claims
+
+    claims = d["claims"]
+    seeds = (d["meta"].get("preset") or {}).get("seeds")
+    paras = []
+    undecided = undecidable_claims(claims)
+    if undecided:
+        paras.append(f"Undecidable at {seeds} seed(s) per method: " + " ".join(undecided))
+    paras.append(
+        "Each verdict is that of the claim's primary, paired measure; 'inconclusive' means any "
+        "true difference is probably smaller than the smallest detectable one. Method: "
+        + (claims[0].get("method", "") if claims else "")
+        + "."
+    )
+    rows = [
+        [
+            "claim",
+            "primary measure",
+            "paired d",
+            "smallest detectable",
+            "units",
+            "verdict",
+            "seeds to decide / to detect the observed d",
+        ]
+    ]
+    for c in claims:
+        need = c.get("seeds_needed") or {}
+        rows.append(
+            [
+                c["claim"],
+                str(c.get("primary_measure") or "-"),
+                "n/a" if c.get("d") is None else f"{c['d']:+.4f}",
+                _f(c.get("smallest_detectable"), 4),
+                str(c.get("units", 0)),
+                c["verdict"],
+                f"{_f(need.get('to_decide'))} / {_f(need.get('to_detect_observed'))}",
+            ]
+        )
+    return "Verdicts", paras, [rows]
 
 
 def _sections(
@@ -152,27 +266,13 @@ def _sections(
             ]
         )
     stages = [["stage", "wall time (s)", "CPU time (s)", "finished"], *times]
+    secs.insert(0, (*verdict_section(d), []))
     secs.append(("Overview", paras, [inv, stages], []))
     secs.append(
-        (
-            "Claims",
-            ["Verdict rule: " + RULE],
-            [
-                [
-                    [
-                        "claim",
-                        "measure",
-                        "LoRA mean ± sd",
-                        "CoTo mean ± sd",
-                        "d (CoTo better > 0)",
-                        "verdict",
-                    ],
-                    *claims_rows(d["claims"]),
-                ]
-            ],
-            [],
-        )
+        ("Claims", ["Verdict rule: " + RULE], [[CLAIMS_HEAD, *claims_rows(d["claims"])]], [])
     )
+    if "train" in s and "runs" in s["train"]:
+        secs.append(training_section(s["train"], root / "train" / "learning_curves.png"))
     if "single" in s:
         sg = s["single"]
         rows = [["run", "method", "seed", "accuracy", "log p(true)", "loss", "n"]]
@@ -202,14 +302,14 @@ def _sections(
         )
     if "merge" in s:
         mg = s["merge"]
-        rows = [["merge", "method", "ratio", "seeds", "space", "accuracy", "log p(true)"]]
+        rows = [["merge", "method", "ratio", "seeds", "variant", "accuracy", "log p(true)"]]
         rows += [
             [
                 r["name"],
                 r["method"],
                 r["label"],
                 ",".join(map(str, r["seeds"])),
-                r["space"],
+                merge_variant(r),
                 _f(r["accuracy"]),
                 _f(r["logprob"]),
             ]
@@ -219,9 +319,11 @@ def _sections(
             (
                 "2. Merging seeds of the same task",
                 [
-                    "Factor space: linear fusion with PEFT's semantics (A and B merged "
-                    "separately). Delta space: exact (cat), ΔW = Σ w_i ΔW_i. 0:1 = the single "
-                    "adapters."
+                    "Disjoint groups of seeds ((0,1), (2,3), ...; (0,1,2), ... for 1:1:1), so no "
+                    "two merges share a seed. Variants: "
+                    + "; ".join(f"{k}: {v}" for k, v in MERGE_VARIANTS.items())
+                    + ". 0:1 = the single adapters.",
+                    f"Primary variant: {MERGE_PRIMARY}. {MERGE_WHY}",
                 ],
                 [rows],
                 [root / "merge" / "merge.png"],
@@ -313,7 +415,7 @@ def _sections(
                     f"{sh['metric']} on the {sh['split']} split. Heatmaps: one colour scale "
                     "across LoRA and CoTo."
                 ],
-                [rows],
+                [rows, shapley_se_table(sh["runs"])],
                 [root / "shapley" / "shapley_mean.png", root / "shapley" / "shapley_heatmaps.png"],
             )
         )
@@ -349,18 +451,43 @@ def _sections(
     return secs
 
 
+def shapley_se_table(runs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Per-run Shapley values with their standard errors (the numbers behind the per-run
+    heatmaps), one row per player, one number format for the whole table."""
+    from coto_tools.plotting import cell_format
+
+    fmt = cell_format(v for r in runs for v in r["values"])
+    players = list(dict.fromkeys(p for r in runs for p in r["players"]))
+    rows = [["player (value ± standard error)", *(str(r["run"]) for r in runs)]]
+    for p in players:
+        cells = []
+        for r in runs:
+            if p not in r["players"]:
+                cells.append("—")
+                continue
+            i = list(r["players"]).index(p)
+            se = (r.get("std_errors") or [None] * len(r["players"]))[i]
+            ses = "" if se is None or se != se else " ± " + fmt.format(se)  # None/NaN: none
+            cells.append(fmt.format(r["values"][i]) + ses)
+        rows.append([str(p), *cells])
+    return rows
+
+
 # -- rendering ----------------------------------------------------------------------------------
 _CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
     "table{border-collapse:collapse;margin:.6em 0;font-size:.85em}"
     "td,th{border:1px solid #bbb;padding:3px 7px;text-align:left}th{background:#eee}"
-    "img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}"
+    "img{max-width:100%}pre{background:#f6f6f6;padding:.6em;font-size:.8em;"
+    "white-space:pre-wrap;overflow-wrap:anywhere}"  # long rerun commands wrap
     ".holds{background:#d8f5d0}.does-not-hold{background:#f8d4d4}.inconclusive{background:#f4f0d0}"
+    ".undecidable{background:#e4e4e4}"
 )
 
 
 def _verdict_class(v: str) -> str:
-    return v.replace(" ", "-") if v in ("holds", "does not hold", "inconclusive") else ""
+    known = ("holds", "does not hold", "inconclusive", "undecidable")
+    return v.replace(" ", "-") if v in known else ""
 
 
 def _html_table(rows: Sequence[Sequence[str]]) -> str:

@@ -8,17 +8,20 @@ another ``--out``, or ``--force``).
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coto_tools.errors import OptionError
 from coto_tools.reproduce.config import METHODS, Preset, ReproduceConfig, TaskSpec, run_name
-from coto_tools.reproduce.stage import Stage, run_fingerprint, say
+from coto_tools.reproduce.stage import Stage, run_fingerprint, say, write_json
 from coto_tools.reproduce.workbench import Workbench
 from coto_tools.train import TrainConfig, read_record, save_run
 from coto_tools.train import loop as train_loop
+from coto_tools.train.run import LOG_FILE
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,51 @@ def train_stage(
         counters["trained"] += 1
         save_run(result, stage.dir / name, force=True)
     runs = {name: _run_of(name, stage.dir / name, role) for name, role, _ in plan}
-    stage.commit({"runs": {n: r.as_dict() for n, r in runs.items()}})
+    write_json(stage.dir / CURVES_FILE, learning_curves(runs))
+    from coto_tools.reproduce.figures import learning_curve_figure, save
+
+    save(learning_curve_figure(read_curves(stage.dir)), stage.dir / CURVES_FIGURE)
+    stage.commit(
+        {
+            "runs": {n: r.as_dict() for n, r in runs.items()},
+            "summary": CURVES_FILE,
+            "figures": [CURVES_FIGURE],
+        }
+    )
     counters["stages_run"] += 1
     return runs
+
+
+CURVES_FILE = "learning_curves.json"
+CURVES_FIGURE = "learning_curves.png"
+
+
+def learning_curves(runs: Mapping[str, Run]) -> dict[str, Any]:
+    """Every run's per-step training loss (from its ``train_log.csv``) and the plateau rule's
+    terms (:class:`~coto_tools.tasks.presets.PlateauRule`): did its loss stop falling?"""
+    from coto_tools.tasks.presets import PLATEAU
+
+    out: dict[str, Any] = {"rule": PLATEAU.describe(), "runs": {}}
+    for name, r in runs.items():
+        with (r.dir / LOG_FILE).open(newline="") as fh:
+            losses = [float(row["loss"]) for row in csv.DictReader(fh)]
+        try:
+            terms: dict[str, Any] = PLATEAU.terms(losses)
+            terms["plateaued"] = terms["fall"] <= terms["tol"]
+        except OptionError as exc:  # too few steps to judge
+            terms = {"plateaued": None, "why": str(exc)}
+        out["runs"][name] = {
+            "method": r.method,
+            "seed": r.seed,
+            "role": r.role,
+            "losses": losses,
+            "plateau": terms,
+        }
+    return out
+
+
+def read_curves(train_dir: Path) -> dict[str, Any]:
+    from coto_tools.reproduce.stage import read_json
+
+    data: dict[str, Any] = read_json(train_dir / CURVES_FILE)
+    return data

@@ -62,10 +62,21 @@ class PromptStyle(str, Enum):
     letters = "letters"  # "This article is about category A." (no zero-shot head start)
 
 
+# Letters are assigned over all five classes (business A, entertainment B, politics C, sports D,
+# tech E), not within a task's subset: "category A" means business in bbc-topic and bbc-a
+# alike, and bbc-b (entertainment B, sports D) shares no letter with bbc-a (A, C, E), so a
+# merge of bbc-a and bbc-b adapters is never asked to map one letter to two topics.
 _PROMPT_TEMPLATES = {
-    PromptStyle.plain: lambda i, cls: f"This article is about {TOPIC_WORDS[cls]}.",
-    PromptStyle.letters: lambda i, cls: f"This article is about category {'ABCDE'[i]}.",
+    PromptStyle.plain: lambda cls: f"This article is about {TOPIC_WORDS[cls]}.",
+    PromptStyle.letters: lambda cls: (
+        f"This article is about category {'ABCDE'[CLASSES.index(cls)]}."
+    ),
 }
+
+
+def prompt_text(style: PromptStyle | str, cls: str) -> str:
+    """The label prompt of class ``cls`` in ``style`` (the same in every BBC task)."""
+    return _PROMPT_TEMPLATES[PromptStyle(style)](cls)
 
 
 @dataclass(frozen=True)
@@ -292,5 +303,4 @@ class BbcTask(PromptTask):
         return EncodedSplit(ids, mask, labels)
 
     def _encode_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        template = _PROMPT_TEMPLATES[self.variant.prompts]
-        return self._tokenize([template(i, c) for i, c in enumerate(self.labels)], 64)
+        return self._tokenize([prompt_text(self.variant.prompts, c) for c in self.labels], 64)

@@ -83,6 +83,68 @@ class HeadroomRule:
 
 RULE = HeadroomRule()
 
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """When a run's training loss has plateaued, and how many steps a preset trains.
+
+    A run of ``T`` steps with per-step training losses ``l_1..l_T``: ``w = max(min_window,
+    round(window * T))``, ``prev`` = mean loss of steps ``T-2w+1..T-w``, ``last`` = mean of the
+    last ``w``. Plateaued: ``prev - last <= max(abs_tol, rel_tol * prev)`` (the loss no longer
+    falls by more than that over the last tenth of training). For CoTo both windows lie in its
+    all-adapters phase (the last 25%) when ``window <= 0.125``.
+
+    A preset's steps: the smallest candidate ``T`` at which *every* measured run (LoRA and CoTo
+    alike, every seed measured) has plateaued. The rule reads training losses only, never an
+    evaluation, so it cannot favour the method that wins.
+    """
+
+    window: float = 0.10
+    min_window: int = 4
+    abs_tol: float = 0.02
+    rel_tol: float = 0.10
+
+    def terms(self, losses: Iterable[float]) -> dict[str, float]:
+        """``prev``, ``last``, ``fall`` (prev - last) and ``tol`` of one run's losses."""
+        ls = [float(x) for x in losses]
+        T = len(ls)
+        w = max(self.min_window, round(self.window * T))
+        if T < 2 * w:
+            raise OptionError(f"plateau rule: {T} steps are too few (need {2 * w})")
+        prev = sum(ls[T - 2 * w : T - w]) / w
+        last = sum(ls[T - w :]) / w
+        return {
+            "prev": prev,
+            "last": last,
+            "fall": prev - last,
+            "tol": max(self.abs_tol, self.rel_tol * prev),
+        }
+
+    def plateaued(self, losses: Iterable[float]) -> bool:
+        t = self.terms(losses)
+        return t["fall"] <= t["tol"]
+
+    def choose(self, curves: Mapping[int, Mapping[str, Iterable[Iterable[float]]]]) -> int | None:
+        """The smallest ``T`` of ``{T: {method: [losses of each seed]}}`` at which every run
+        plateaued (``None``: none did, train longer)."""
+        for T in sorted(curves):
+            runs = [ls for per_method in curves[T].values() for ls in per_method]
+            if runs and all(self.plateaued(ls) for ls in runs):
+                return T
+        return None
+
+    def describe(self) -> str:
+        return (
+            f"a run has plateaued when its mean training loss over the last {self.window:.0%} "
+            f"of steps is at most max({self.abs_tol:g}, {self.rel_tol:.0%} of it) below the "
+            f"mean over the {self.window:.0%} before; a preset trains the fewest candidate "
+            "steps at which every LoRA and CoTo run measured has plateaued (training losses "
+            "only: the rule never sees which method is more accurate)"
+        )
+
+
+PLATEAU = PlateauRule()
+
 # Measured by benchmarks/bench_presets.py on 2026-11-29 (full table: benchmarks/results/presets.md):
 #   python benchmarks/bench_presets.py --seeds 1 --steps 120 --batch-size 16 --max-tokens 48
 #   python benchmarks/bench_presets.py --candidates d-full-letters e-shots16-letters --seeds 1 2 \
