@@ -384,3 +384,50 @@ def test_memory_estimate_counts_model_and_batch(env: dict[str, Path]) -> None:
     assert small.model >= params and small.activations > 0 and small.dtype == "float32"
     big = get_task("user", base_model=str(env["llama"]), data=str(env["pc"]), batch_size=4)
     assert estimate_memory(model, big.batches("eval")).activations > small.activations
+
+
+# -- the documented LLaMA commands, run as written -----------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _doc_commands(path: Path) -> list[list[str]]:
+    """Every ``coto-tools ... llama-lora/ ...`` line of the bash blocks of ``path``."""
+    import re
+    import shlex
+
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
+        for raw in block.splitlines():
+            if "llama-lora/" in raw:
+                argv = shlex.split(raw, comments=True)
+                assert argv[0] == "coto-tools", raw
+                lines.append(argv[1:])
+    return lines
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/task_plugins.md"])
+def test_documented_llama_commands_run(
+    env: dict[str, Path], capsys, tmp_path: Path, doc: str
+) -> None:  # type: ignore[no-untyped-def]
+    commands = _doc_commands(ROOT / doc)
+    data = {a for argv in commands for a in argv if a.startswith("docs/examples/")}
+    assert data == {"docs/examples/prompt_completion.jsonl", "docs/examples/multiple_choice.jsonl"}
+    swap = {"llama-lora/": str(env["llama_ad"]), "./llama": str(env["llama"])}
+    for i, argv in enumerate(commands):
+        argv = [swap.get(a, str(ROOT / a) if a.startswith("docs/") else a) for a in argv]
+        out = tmp_path / f"run{i}"
+        code, stdout, err = _run([*argv, "--out", str(out), "--quiet", "--threads", "1"], capsys)
+        assert code == 0, err
+        summary = json.loads((out / "shapley.json").read_text())
+        assert summary["n_examples"] == 3 and summary["grouping"] == "layer"
+
+
+@pytest.mark.parametrize("name", ["prompt_completion", "chat", "multiple_choice"])
+def test_example_files_are_scored(env: dict[str, Path], name: str) -> None:
+    path = ROOT / "docs" / "examples" / f"{name}.jsonl"
+    assert len(path.read_text().splitlines()) == 3
+    task = get_task("user", base_model=str(env["llama"]), data=str(path))
+    ev = Evaluator(task, load_adapter(env["llama_ad"]))
+    m = ev.value({})
+    ev.close()
+    assert ev.n_examples == 3 and m.n > 0 and math.isfinite(m.logprob)

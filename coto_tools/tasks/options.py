@@ -35,7 +35,9 @@ DATA = typer.Option(
     None,
     "--data",
     help="User task: JSONL or CSV with text[,label]: text+label = sequence classification "
-    "with the model's head; text only = causal-LM loss/perplexity.",
+    "with the model's head; text only = causal-LM loss/perplexity; prompt,completion / "
+    "messages / question,choices,answer = causal LM scored on the completion, the assistant "
+    "turns, or by choice log-likelihood (docs/task_plugins.md).",
 )
 LABEL_PROMPTS = typer.Option(
     None,
