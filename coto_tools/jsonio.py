@@ -32,6 +32,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is too large (not finite)")
+    return value
+
+
 def _depth(text: str) -> int:
     """Deepest bracket nesting of ``text`` outside strings (cheap, no recursion)."""
     depth = deepest = 0
@@ -55,11 +62,12 @@ def _depth(text: str) -> int:
 
 
 def loads_strict(text: str, source: str) -> Any:
-    """``json.loads`` refusing ``NaN``/``Infinity`` and nesting deeper than :data:`MAX_DEPTH`."""
+    """``json.loads`` refusing ``NaN``/``Infinity`` (also as an overflowing number such as
+    ``1e400``) and nesting deeper than :data:`MAX_DEPTH`."""
     if len(text) <= 8 << 20 and _depth(text) > MAX_DEPTH:  # larger: RecursionError below
         raise JsonFileError(f"{source}: JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise JsonFileError(f"{source}: invalid JSON: {exc.msg} at line {exc.lineno}") from None
     except (ValueError, RecursionError) as exc:

@@ -114,22 +114,19 @@ def check_output(
                 f"{option} {out}: is the working directory or one of its parents; refusing to "
                 "write there"
             )
-    for given in inputs:
-        if given is None:
-            continue
-        for i in _forms(Path(given)):
-            for o in outs:
-                if _within(i, o):
-                    what = "is" if i == o else "contains"
-                    raise OptionError(
-                        f"{option} {out}: {what} the input {given}; the output would overwrite "
-                        "an input (choose another path)"
-                    )
-                if not inside_ok and o in i.parents:
-                    raise OptionError(
-                        f"{option} {out}: lies inside the input {given}; write outputs outside "
-                        "the inputs"
-                    )
+    pairs = [(g, i, o) for g in inputs if g is not None for i in _forms(Path(g)) for o in outs]
+    for given, i, o in pairs:
+        if _within(i, o):
+            what = "is" if i == o else "contains"
+            raise OptionError(
+                f"{option} {out}: {what} the input {given}; the output would overwrite an input "
+                "(choose another path)"
+            )
+    for given, i, o in pairs if not inside_ok else ():
+        if i in o.parents:
+            raise OptionError(
+                f"{option} {out}: lies inside the input {given}; write outputs outside the inputs"
+            )
     if not (out.exists() or out.is_symlink()):
         return out
     if not replaces:

@@ -143,6 +143,10 @@ def merge_cmd(
     if evaluate and not user.given() and task is None:
         raise OptionError("--eval needs a task: --task NAME, or --data FILE [--base-model DIR]")
     check_dtype(dtype)  # a bad --dtype fails before anything is written
+    if evaluate:  # the task and its data (a plugin's code too) fail here, before any write
+        from coto_tools.tasks import get_task
+
+        get_task(str(user_opts.user_task_spec(user, inputs, task=task))).batches(split)
     result = merge_files(
         inputs,
         config,

@@ -112,7 +112,9 @@ class EvaluationLog:
         if header.get("fingerprint") != self.fingerprint:
             raise ShapleyError(
                 f"{self.path}: log was written for game {header.get('fingerprint')!r}, not "
-                f"{self.fingerprint!r}; refusing to resume (use a new log path)"
+                f"{self.fingerprint!r} (the adapter, its config, the task, its data or the split "
+                "changed); refusing to resume: pass --force to discard the log, or write to "
+                "another --out"
             )
         if header.get("n_players") != self.n_players:
             raise ShapleyError(

@@ -47,6 +47,8 @@ from coto_tools.shapley.game_adapter import (
     game_fingerprint,
     weights_hash,
 )
+from coto_tools.shapley.interaction_outputs import write_interactions
+from coto_tools.shapley.interactions import Interactions, estimate_interactions
 from coto_tools.shapley.log import EvaluationLog
 from coto_tools.shapley.outputs import write_outputs
 from coto_tools.shapley.registry import Estimator, estimate_shapley, recompute
@@ -103,6 +105,9 @@ class ShapleyConfig:
     players_map: Path | None = None
     """``--players-map FILE``: players by regex (JSON ``{regex: player}``) instead of
     ``players`` (:func:`~coto_tools.adapters.players.players_from_map`)."""
+    interactions: bool = False
+    """``--interactions``: also the pairwise Faith-Shap indices from the same coalitions
+    (:mod:`coto_tools.shapley.interactions`; no extra evaluation)."""
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -130,6 +135,9 @@ class ShapleyConfig:
             bad.append(f"--seed must be an integer >= 0, got {self.seed}")
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.sample_batch < 1:
             bad.append("batch sizes must be >= 1")
+        if self.interactions and self.estimator is Estimator.SVARM:
+            bad.append("--interactions needs the coalitions of exact, permutation, antithetic, "
+                       "stratified or kernelshap (auto picks one of them), not svarm")
         if bad:
             raise OptionError("; ".join(bad))
 
@@ -168,6 +176,8 @@ class ShapleyRunResult:
     summary: dict[str, Any]
     out: Path
     files: dict[str, Path] = field(default_factory=dict)
+    interactions: Interactions | None = None
+    """Pairwise Faith-Shap indices of the primary metric (with ``config.interactions``)."""
 
     @property
     def primary(self) -> ShapleyResult:
@@ -428,6 +438,7 @@ def _run(
             m: primary if m == config.metric.value else recompute(primary, cached, m)
             for m in metrics
         }
+        inter = estimate_interactions(primary, cached) if config.interactions else None
     finally:
         if own:
             evaluator.close()
@@ -460,6 +471,10 @@ def _run(
     files = write_outputs(
         prep.out, prep.players, results, config.metric.value, summary, figures=figures
     )
+    if inter is not None:
+        files |= write_interactions(
+            prep.out, inter, prep.players.names, summary, figures=figures
+        )
     return ShapleyRunResult(
         checkpoint=prep.checkpoint,
         config=config,
@@ -468,6 +483,7 @@ def _run(
         summary=summary,
         out=prep.out,
         files=files | {"log": log_path},
+        interactions=inter,
     )
 
 

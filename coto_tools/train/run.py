@@ -145,12 +145,9 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a coto-tools run directory (no {RUN_FILE})")
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(rec, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
+    from coto_tools.jsonio import read_json
+
+    rec = read_json(path, optional={"task": str, "method": str, "config": dict})
     missing = [k for k in ("format", "task", "task_variant", "method", "config") if k not in rec]
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {missing}")
