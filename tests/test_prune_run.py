@@ -127,7 +127,7 @@ def test_report_end_to_end(runs: dict[str, Path], tmp_path: Path) -> None:
 
     report = (tmp_path / "out" / "prune_report.md").read_text()
     assert str(runs["lora"]) in report and str(runs["coto"]) in report
-    assert "## coto vs lora" in report
+    assert "## CoTo vs LoRA" in report
     # the verdict on 'all' follows the documented rule, recomputed here from prune.csv
     acc = {r["label"]: float(r["accuracy"]) for r in rows if r["strategy"] == "all"}
     n = int(rows[0]["n"])

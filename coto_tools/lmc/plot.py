@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from coto_tools.lmc.result import LmcResult, PathKind, PlaneResult
-from coto_tools.lmc.space import Space
+from coto_tools.plotting import SPACE_STYLES, colors_for, display_name, legend_outside
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-_STYLE = {Space.delta: "-", Space.factor: "--"}
 _YLABEL = {"loss": "loss (cross-entropy)", "accuracy": "accuracy", "logprob": "mean log p(true)"}
 
 
@@ -27,7 +26,8 @@ def plot_paths(
     metrics: Sequence[str] = ("loss", "accuracy"),
     axes: Sequence[Axes] | None = None,
 ) -> Figure:
-    """One panel per metric; one colour per pair, solid = delta space, dashed = factor space.
+    """One panel per metric; one colour per pair (a pair of one method, e.g. ``coto s0-s1``,
+    takes that method's colour), solid circles = delta space, dashed squares = factor space.
 
     The legend gives each curve's barrier for the panel's metric (max over ``0 <= a <= 1``).
     """
@@ -40,28 +40,29 @@ def plot_paths(
         axes = list(ax_arr[0])
     else:
         fig = axes[0].figure  # type: ignore[assignment]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = colors_for([r.label for r in results])
     from_zero = any(r.kind is PathKind.from_zero for r in results)
     for ax, metric in zip(axes, metrics, strict=True):
         for k, res in enumerate(results):
             bars = res.barriers()
             for space, curve in res.curves.items():
                 b = bars[space][metric].height
+                style = SPACE_STYLES[space.value]
                 ax.plot(
                     curve.a,
                     curve.values(metric),
-                    _STYLE[space],
-                    color=colors[k % len(colors)],
-                    marker="o",
+                    ls=style["ls"],
+                    color=colors[k],
+                    marker=style["marker"],
                     markersize=3,
-                    label=f"{res.label} ({space.value}), barrier {b:.3g}",
+                    label=f"{display_name(res.label)} ({space.value}), barrier {b:.3g}",
                 )
         for x in (0.0, 1.0):
             ax.axvline(x, color="0.75", lw=0.8, zorder=0)
         ax.set_xlabel("scale t (0 = base model, 1 = adapter)" if from_zero else "a (0 = A, 1 = B)")
         ax.set_ylabel(_YLABEL.get(metric, metric))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    legend_outside(axes[-1], fontsize=7)
     fig.suptitle("Linear mode connectivity" + (" from the base model" if from_zero else ""))
     fig.tight_layout()
     return fig

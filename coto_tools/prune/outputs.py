@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from coto_tools.adapters.atomic import atomic_path, atomic_write_text
 from coto_tools.adapters.io import load_adapter, save_adapter
@@ -43,7 +45,7 @@ def _save_fig(fig: object, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(path, force=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)  # type: ignore[attr-defined]
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
 
 
@@ -59,16 +61,30 @@ def write_outputs(result: PruneResult, out: str | Path | None = None) -> list[Pa
     if out is None:
         check_outputs(result.config)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [
-        atomic_write_text(folder / "prune.csv", to_csv(strategy_rows(result), PRUNE_FIELDS)),
-        atomic_write_text(folder / "prune_curves.csv", to_csv(curve_rows(result), CURVE_FIELDS)),
-        atomic_write_text(folder / "prune_auc.csv", to_csv(auc_rows(result), AUC_FIELDS)),
+    # what was not computed (--no-curves, --no-rank-sweep) is not written: no header-only CSV,
+    # no empty figure; a stale copy from an earlier run in this folder is removed
+    curves = curve_rows(result)
+    swept = any(c.curves for c in result.checkpoints)
+    has_curves = swept or any(c.rank is not None for c in result.checkpoints)
+    files: list[tuple[str, str | None]] = [
+        ("prune.csv", to_csv(strategy_rows(result), PRUNE_FIELDS)),
+        ("prune_curves.csv", to_csv(curves, CURVE_FIELDS) if curves else None),
+        ("prune_auc.csv", to_csv(auc_rows(result), AUC_FIELDS) if swept else None),
     ]
-    for name, fig in (
-        ("prune_strategies.png", plot_strategies(result)),
-        ("prune_curves.png", plot_curves(result)),
-    ):
-        _save_fig(fig, folder / name)
+    figures: list[tuple[str, Callable[[PruneResult], Any]]] = [
+        ("prune_strategies.png", plot_strategies)
+    ]
+    figures += [("prune_curves.png", plot_curves)] if has_curves else []
+    paths = []
+    for name, text in files:
+        if text is None:
+            (folder / name).unlink(missing_ok=True)
+        else:
+            paths.append(atomic_write_text(folder / name, text))
+    if not has_curves:
+        (folder / "prune_curves.png").unlink(missing_ok=True)
+    for name, plot in figures:
+        _save_fig(plot(result), folder / name)
         paths.append(folder / name)
     paths.append(atomic_write_text(folder / "prune_report.md", write_report(result)))
     return paths

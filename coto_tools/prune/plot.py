@@ -8,11 +8,19 @@ those checkpoints (none with one checkpoint).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from coto_tools.errors import OptionError
+from coto_tools.plotting import (
+    bars_from_zero,
+    colors_for,
+    display_name,
+    error_bars,
+    legend_outside,
+)
 from coto_tools.prune.run import PruneResult
 from coto_tools.prune.tables import curve_family
 
@@ -38,7 +46,12 @@ def plot_strategies(
     metric = metric or result.metric
     names = [
         "none",
-        *dict.fromkeys(s.strategy.name for c in result.checkpoints for s in c.strategies),
+        *dict.fromkeys(
+            s.strategy.name
+            for c in result.checkpoints
+            for s in c.strategies
+            if s.strategy.name != "none"  # requested with --strategies none: shown once
+        ),
     ]
     labels = result.labels
     if ax is None:
@@ -49,6 +62,7 @@ def plot_strategies(
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(names))
     tops: list[float] = []
+    colors = colors_for(labels)
     for j, lab in enumerate(labels):
         means, sds = [], []
         for name in names:
@@ -67,18 +81,15 @@ def plot_strategies(
             sds.append(float(s[0]))
             tops += [means[-1] - sds[-1], means[-1] + sds[-1]]
         k = sum(c.label == lab for c in result.checkpoints)
-        ax.bar(x + (j - (len(labels) - 1) / 2) * width, means, width, yerr=sds, capsize=3,
-               label=f"{lab} (n={k})")  # fmt: skip
+        ax.bar(x + (j - (len(labels) - 1) / 2) * width, means, width,
+               yerr=error_bars(sds, [k]), capsize=3, color=colors[j],
+               label=f"{display_name(lab)} (n={k})")  # fmt: skip
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel(_YLABEL.get(metric, metric))
     ax.set_title(f"Pruning strategies ({metric})")
-    finite = [t for t in tops if np.isfinite(t)]
-    if metric == "accuracy" and finite:  # zoom on the bars (the paper's bars start well above 0)
-        lo, hi = min(finite), max(finite)
-        pad = max(0.02, 0.15 * (hi - lo))
-        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
-    ax.legend(fontsize=8)
+    bars_from_zero(ax, [t for t in tops if np.isfinite(t)])
+    legend_outside(ax)
     fig.tight_layout()
     return fig
 
@@ -95,22 +106,26 @@ def plot_curves(
     has_rank = any(c.rank is not None for c in result.checkpoints)
     panels = fams + (["rank"] if has_rank else [])
     if not panels:
-        panels = ["(no curves)"]
+        raise OptionError("no fraction sweeps and no rank sweep were computed: nothing to plot")
+    colors = colors_for(result.labels)
     if axes is None:
         fig, arr = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
         axes = list(arr[0])
     else:
         fig = axes[0].figure  # type: ignore[assignment]
     for ax, panel in zip(axes, panels, strict=True):
-        for lab in result.labels:
+        for lab, color in zip(result.labels, colors, strict=True):
             cks = [c for c in result.checkpoints if c.label == lab]
+            style: dict[str, Any] = {"marker": "o", "ms": 3, "capsize": 2, "color": color,
+                                     "label": display_name(lab)}  # fmt: skip
             if panel == "rank":
                 ranked = [c.rank for c in cks if c.rank is not None]
                 if not ranked:
                     continue
                 rks = ranked[0].ranks
-                m, s = _mean_sd([rc.values(metric) for rc in ranked if rc.ranks == rks])
-                ax.errorbar(rks, m, yerr=s, marker="o", ms=3, capsize=2, label=lab)
+                same_rk = [rc.values(metric) for rc in ranked if rc.ranks == rks]
+                m, s = _mean_sd(same_rk)
+                ax.errorbar(rks, m, yerr=error_bars(s, [len(same_rk)]), **style)
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(list(rks), [str(r) for r in rks])
                 ax.set_xlabel("rank kept per adapter")
@@ -127,12 +142,11 @@ def plot_curves(
             if xs is None:
                 continue
             m, s = _mean_sd(rows)
-            ax.errorbar(xs, m, yerr=s, marker="o", ms=3, capsize=2, label=lab)
+            ax.errorbar(xs, m, yerr=error_bars(s, [len(rows)]), **style)
             ax.set_xlabel("fraction of adapters removed")
         ax.set_title(panel)
         ax.set_ylabel(_YLABEL.get(metric, metric))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    legend_outside(axes[-1])
     fig.tight_layout()
     return fig

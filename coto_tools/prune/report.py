@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coto_tools.plotting import display_name
 from coto_tools.prune.run import CheckpointResult, PruneResult
 from coto_tools.prune.tables import (
     Summary,
@@ -116,7 +117,11 @@ def _checkpoint_words(c: CheckpointResult, metric: str) -> str:
             f"The adapters do not improve {metric} over the base model on this split, so the "
             "retained fractions, gains and normalised AUCs below do not measure robustness here."
         )
-    vals = {k: float(np.mean(v)) for k, v in strategy_values(c, metric).items() if k != "all"}
+    vals = {
+        k: float(np.mean(v))
+        for k, v in strategy_values(c, metric).items()
+        if k not in ("all", "none")  # the two ends, not pruning strategies
+    }
     if vals:
         keeps = {k: _keep(c, metric, v) for k, v in vals.items()}
         ordered = sorted((k for k in keeps if not math.isnan(keeps[k])), key=keeps.__getitem__)
@@ -142,12 +147,53 @@ def _checkpoint_words(c: CheckpointResult, metric: str) -> str:
     return " ".join(out)
 
 
+def _span(layers: Sequence[int]) -> str:
+    if not layers:
+        return "none"
+    return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+
+
+def thirds_text(cks: Sequence[CheckpointResult]) -> str:
+    """How ``low``/``middle``/``high`` cut the layers of these checkpoints, derived from their
+    modules (e.g. "6 layers: low 0-1, middle 2-3, high 4-5"); one entry per distinct layout."""
+    from coto_tools.adapters.keys import parse_module_name
+    from coto_tools.prune.strategies import third_layers
+
+    out: list[str] = []
+    for c in cks:
+        towers: dict[str, set[int]] = {}
+        for name in c.modules:
+            key = parse_module_name(name)
+            if key.layer is not None:
+                towers.setdefault(str(key.tower or ""), set()).add(key.layer)
+        for tower, layers in sorted(towers.items()):
+            lo, mid, hi = third_layers(layers)
+            where = f"{tower}: " if len(towers) > 1 and tower else ""
+            text = (
+                f"{where}{len(layers)} layers: low {_span(lo)}, middle {_span(mid)}, "
+                f"high {_span(hi)}"
+            )
+            if text not in out:
+                out.append(text)
+    return "; ".join(out) if out else "no layer indices"
+
+
+def _signed(metric: str) -> bool:
+    """A ratio to the unpruned value means nothing for a metric that can be negative or where
+    lower is better (logprob <= 0, loss): differences are shown instead."""
+    return metric != "accuracy"
+
+
+def _vs_full(v: float, full: float, metric: str) -> str:
+    return f"{v - full:+.4f} vs all" if _signed(metric) else _pct(retained(v, full))
+
+
 def _strategy_table(result: PruneResult, metric: str) -> list[str]:
     cks = result.checkpoints
     head = "| strategy | kept | " + " | ".join(f"{c.path} ({c.label})" for c in cks) + " |"
     lines = [head, "|" + "---|" * (2 + len(cks))]
     names = list(dict.fromkeys(s.strategy.name for c in cks for s in c.strategies))
-    for name in ["none", *names]:
+    for name in ["none", *(n for n in names if n != "none")]:
         cells, kept = [], ""
         for c in cks:
             if name == "none":
@@ -162,7 +208,7 @@ def _strategy_table(result: PruneResult, metric: str) -> list[str]:
             v = float(np.mean(vs))
             full, empty = c.full.get(metric), c.empty.get(metric)
             cells.append(
-                f"{v:.4f} ({_pct(retained(v, full))}, gain {_pct(gain_retained(v, full, empty))})"
+                f"{v:.4f} ({_vs_full(v, full, metric)}, gain {_pct(gain_retained(v, full, empty))})"
             )
         lines.append(f"| {name} | {kept} | " + " | ".join(cells) + " |")
     return lines
@@ -188,7 +234,7 @@ def _label_section(result: PruneResult) -> list[str]:
     a, b = pair
     n = min(c.full.n for c in result.checkpoints)
     acc = by_label(result, quantity="value", metric="accuracy")
-    lines += ["", f"## {b} vs {a}", ""]
+    lines += ["", f"## {display_name(b)} vs {display_name(a)}", ""]
     beyond: list[str] = []
     for it in items:
         if it not in acc.get(a, {}) or it not in acc.get(b, {}):
@@ -248,8 +294,14 @@ def write_report(result: PruneResult) -> str:
         "adapters add over the base model that survives. Normalised AUC = (area under the metric "
         "over the fraction of adapters removed, in [0, 1], minus metric(none)) / (metric(all) - "
         "metric(none)): 1 = nothing lost until the last adapter goes, 0.5 = a straight line, "
-        "0 = everything lost at once. Thirds: numpy.array_split of each tower's layers "
-        "(5 layers: 2/2/1).",
+        "0 = everything lost at once. Thirds: numpy.array_split of each tower's layers, "
+        f"numbered from 0 (here {thirds_text(cks)})."
+        + (
+            f" {metric} can be negative or lower-is-better, so a ratio to the unpruned value "
+            "means nothing: the tables give the difference to all adapters on instead."
+            if _signed(metric)
+            else ""
+        ),
         "",
         "## In words",
         "",
@@ -258,7 +310,8 @@ def write_report(result: PruneResult) -> str:
     notes = [*result.notes, *(f"{c.path}: {n}" for c in cks for n in c.notes)]
     if notes:
         lines += ["Notes: " + "; ".join(notes) + ".", ""]
-    lines += [f"## Strategies ({metric}: value (retained, gain))", ""]
+    vs_all = "difference to all" if _signed(metric) else "retained"
+    lines += [f"## Strategies ({metric}: value ({vs_all}, gain))", ""]
     lines += _strategy_table(result, metric)
     curve_names = list(dict.fromkeys(k for c in cks for k in auc_values(c, metric)))
     if curve_names:
@@ -275,7 +328,7 @@ def write_report(result: PruneResult) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ranked = [c for c in cks if c.rank is not None]
     if ranked:
-        lines += ["", f"## Rank truncation ({metric}: value (retained))", ""]
+        lines += ["", f"## Rank truncation ({metric}: value ({vs_all}))", ""]
         lines += ["| rank | " + " | ".join(c.path for c in ranked) + " |"]
         lines += ["|" + "---|" * (1 + len(ranked))]
         for r in sorted({r for c in ranked for r in c.rank.ranks}, reverse=True):  # type: ignore[union-attr]
@@ -286,7 +339,7 @@ def write_report(result: PruneResult) -> str:
                     cells.append("—")
                     continue
                 v = rc.metrics[rc.ranks.index(r)].get(metric)
-                cells.append(f"{v:.4f} ({_pct(retained(v, c.full.get(metric)))})")
+                cells.append(f"{v:.4f} ({_vs_full(v, c.full.get(metric), metric)})")
             lines.append(f"| {r} | " + " | ".join(cells) + " |")
     if len(result.labels) > 1 or len(cks) > len(result.labels):
         lines += ["", *_label_section(result)]

@@ -16,6 +16,7 @@ import numpy as np
 from coto_tools.adapters.atomic import atomic_path
 from coto_tools.adapters.keys import parse_module_name
 from coto_tools.adapters.players import OTHER, Players
+from coto_tools.plotting import LAYER_AXIS, cell_format
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,7 +56,8 @@ def _unplaced(members: Sequence[str]) -> bool:
 def heatmap_grid(players: Players, values: np.ndarray) -> HeatGrid:
     """Lay ``values (n_players,)`` out by (tower, kind) rows and layer columns.
 
-    Layer columns are labelled 1..L (module index + 1); a player spanning several layers
+    Layer columns are labelled with the module's layer index (0-based, as in ``shapley.csv``
+    and the pruning strategies); a player spanning several layers
     (kind or tower players) goes to column ``all``, one spanning several kinds to row ``all``.
     """
     cells = [
@@ -65,10 +67,8 @@ def heatmap_grid(players: Players, values: np.ndarray) -> HeatGrid:
     row_of = [k if len(towers) <= 1 or t == OTHER else f"{t}.{k}" for t, k, _ in cells]
     rows = tuple(dict.fromkeys(row_of))
     layer_ids = sorted({int(lay) for _, _, lay in cells if lay != ALL})
-    cols = tuple(str(i + 1) for i in layer_ids) + (
-        (ALL,) if any(c[2] == ALL for c in cells) else ()
-    )
-    col_of = [ALL if lay == ALL else str(int(lay) + 1) for _, _, lay in cells]
+    cols = tuple(str(i) for i in layer_ids) + ((ALL,) if any(c[2] == ALL for c in cells) else ())
+    col_of = [ALL if lay == ALL else str(int(lay)) for _, _, lay in cells]
     matrix = np.full((len(rows), len(cols)), np.nan)
     for r, c, v in zip(row_of, col_of, values, strict=True):
         i, j = rows.index(r), cols.index(c)
@@ -84,8 +84,12 @@ def plot_heatmap(
     title: str = "",
     colorbar: bool = True,
     label: str = "Shapley value",
+    fmt: str | None = None,
 ) -> Figure:
-    """Diverging heatmap centred at 0 with annotated values (cells without a player blank)."""
+    """Diverging heatmap centred at 0 with annotated values (cells without a player blank).
+
+    ``fmt``: the format of every cell's number (default: :func:`coto_tools.plotting.cell_format`
+    of this grid; :func:`plot_heatmaps` passes one format for all its panels)."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
@@ -100,13 +104,14 @@ def plot_heatmap(
     im = ax.imshow(np.ma.masked_invalid(grid.matrix), cmap="RdBu_r", norm=norm, aspect="auto")
     ax.set_xticks(range(len(grid.cols)), grid.cols)
     ax.set_yticks(range(len(grid.rows)), grid.rows)
-    ax.set_xlabel("layer")
+    ax.set_xlabel(LAYER_AXIS)
+    fmt = fmt or cell_format(finite)
     for i in range(len(grid.rows)):
         for j in range(len(grid.cols)):
             v = grid.matrix[i, j]
             if np.isfinite(v):
                 dark = abs(v) > 0.6 * scale
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
                         color="white" if dark else "black")  # fmt: skip
     if title:
         ax.set_title(title, fontsize=9)
@@ -116,20 +121,32 @@ def plot_heatmap(
 
 
 def plot_heatmaps(
-    panels: Sequence[tuple[str, HeatGrid]], *, label: str = "Shapley value"
+    panels: Sequence[tuple[str, HeatGrid]],
+    *,
+    label: str = "Shapley value",
+    ncols: int | None = None,
 ) -> Figure:
-    """Several heatmaps side by side on one colour scale (``max |value|`` over all panels)."""
+    """Several heatmaps on one colour scale (``max |value|`` over all panels) and one number
+    format, ``ncols`` per row (default: 2, so that each stays readable at page width)."""
     import matplotlib.pyplot as plt
 
     vals = [np.abs(g.matrix[np.isfinite(g.matrix)]) for _, g in panels]
     vmax = max((float(v.max()) for v in vals if v.size), default=1.0)
-    width = sum(1.0 + 0.9 * len(g.cols) for _, g in panels) + 1.5
-    height = 1.4 + 0.6 * max(len(g.rows) for _, g in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
-    for ax, (title, grid) in zip(axes[0], panels, strict=True):
-        plot_heatmap(grid, ax, vmax=vmax, title=title, colorbar=False)
-    mappable = axes[0][0].images[0]
-    fig.colorbar(mappable, ax=list(axes[0]), label=label, shrink=0.8)
+    fmt = cell_format(np.concatenate(vals) if vals else [])
+    ncols = max(1, min(len(panels), ncols or 2))
+    nrows = -(-len(panels) // ncols)
+    width = ncols * (1.0 + 0.9 * max(len(g.cols) for _, g in panels)) + 1.5
+    height = nrows * (1.8 + 0.6 * max(len(g.rows) for _, g in panels))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained"
+    )  # constrained: a row's titles never run into the tick labels of the row above
+    flat = [ax for row in axes for ax in row]
+    for ax, (title, grid) in zip(flat, panels, strict=False):
+        plot_heatmap(grid, ax, vmax=vmax, title=title, colorbar=False, fmt=fmt)
+    for ax in flat[len(panels) :]:
+        ax.set_visible(False)
+    mappable = flat[0].images[0]
+    fig.colorbar(mappable, ax=flat, label=label, shrink=0.8)
     return fig
 
 
