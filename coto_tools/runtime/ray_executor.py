@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.lmc.engine import PointEvaluator
@@ -127,12 +128,14 @@ class _Worker:
         self.ev: Evaluator = spec.build(device=device)
         self._factor_model: Any = None
 
-    def describe(self) -> tuple[list[tuple[str, str]], np.ndarray, int, str]:
-        """``(branches in key order, labels, pid, device)`` (the driver checks the branches)."""
+    def describe(self) -> tuple[list[tuple[str, str]], np.ndarray, int, str, int, str]:
+        """``(branches in key order, labels, pid, device, n_examples, dtype)`` (the driver
+        checks the branches)."""
         import os
 
         ev = self.ev
-        return list(ev.branches), ev.labels.numpy().copy(), os.getpid(), str(ev.device)
+        labels = ev.labels.numpy().copy()
+        return list(ev.branches), labels, os.getpid(), str(ev.device), ev.n_examples, str(ev.dtype)
 
     def evaluate(self, keys: list[ConfigKey]) -> tuple[list[Metrics], int]:
         """Metrics of ``keys`` (canonical gate tuples), and the forward passes done."""
@@ -229,6 +232,8 @@ class RayEvaluator(BaseEvaluator):
                     "coto-tools version installed on every node?"
                 )
         self.labels = described[0][1]
+        self.n_examples: int = described[0][4]  # rows of the split (also when scored per token)
+        self.dtype = getattr(torch, described[0][5].removeprefix("torch."))
         self.pids = [d[2] for d in described]
         self.devices = [d[3] for d in described]
         self._cache: dict[ConfigKey, Metrics] = {}
