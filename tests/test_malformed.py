@@ -8,9 +8,11 @@ random and mutated bytes to ``open_checkpoint``/``load``: only ``CotoError`` may
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import stat
 import struct
 import tempfile
 import warnings
@@ -630,13 +632,17 @@ def test_corpus_size() -> None:
     assert N_CASES >= 40
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every entry under ``root``: size, mtime and (readable files) the SHA-256 of the bytes."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             p = Path(dirpath) / n
             st_ = p.lstat()
-            out[str(p.relative_to(root))] = (st_.st_size, st_.st_mtime_ns)
+            digest = ""
+            if stat.S_ISREG(st_.st_mode) and os.access(p, os.R_OK):
+                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[str(p.relative_to(root))] = (st_.st_size, st_.st_mtime_ns, digest)
     return out
 
 

@@ -13,6 +13,7 @@ Also here: pickle inputs to ``merge`` (refused without ``--allow-pickle``; with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -314,16 +315,16 @@ def _options(command: str) -> set[str]:
     return set()
 
 
-def _listing(root: Path) -> dict[str, tuple[int, int] | None]:
-    """Every entry under ``root``: files with (size, mtime_ns), directories with None."""
-    out: dict[str, tuple[int, int] | None] = {}
+def _listing(root: Path) -> dict[str, tuple[str, int] | None]:
+    """Every entry under ``root``: files with (SHA-256 of their bytes, mtime_ns), directories
+    with None (a byte-identical snapshot, and untouched)."""
+    out: dict[str, tuple[str, int] | None] = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
         if p.is_dir():
             out[rel + "/"] = None
         else:
-            st = p.stat()
-            out[rel] = (st.st_size, st.st_mtime_ns)
+            out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
     return out
 
 

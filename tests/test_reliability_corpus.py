@@ -183,16 +183,18 @@ def build_inputs(root: Path) -> None:
             merge__summary_json=text,
         )
     # --out of reproduce: a folder whose reproduce.json is damaged, or not a reproduction
-    for name, text in (("rout_list", "[]"), ("rout_number", "7"), ("rout_deep", DEEP),
-                       ("rout_invalid", "{"), ("rout_invocations", '{"invocations": 5}')):  # fmt: skip
+    rout = (("rout_list", "[]"), ("rout_number", "7"), ("rout_deep", DEEP),
+            ("rout_invalid", "{"), ("rout_invocations", '{"invocations": 5}'))  # fmt: skip
+    for name, text in rout:
         (root / name).mkdir()
         (root / name / "reproduce.json").write_text(text)
     # evaluation logs that must not be resumed
     header = {"format": "coto-tools/shapley-evaluations", "version": 1, "n_players": 6}
     log_dir(root / "log_other_game", 20, [json.dumps(header | {"fingerprint": "adapter-game:0"})])
     log_dir(root / "log_not_a_log", 21, ['{"format": "something else"}'])
-    log_dir(root / "log_bad_middle", 22, [json.dumps(header | {"fingerprint": "x"}), "{oops",
-                                          '{"coalition": "000000", "values": {"logprob": 0}}'])  # fmt: skip
+    entry = '{"coalition": "000000", "values": {"logprob": 0}}'
+    other = json.dumps(header | {"fingerprint": "x"})
+    log_dir(root / "log_bad_middle", 22, [other, "{oops", entry])
     log_dir(root / "log_list_line", 23, ["[1, 2]", "[3]"])
     log_dir(root / "log_deep", 24, [DEEP, DEEP])
 
@@ -214,63 +216,165 @@ def C(family: str, id: str, argv: str, *needles: str) -> None:
 
 Q = "--quiet"
 # -- never lose an input: an output that is, contains or lies inside an input --------------------
-C("loss", "merge-out-parent-of-inputs-force", "merge runs/ck0 runs/ck1 --out runs --force",
-  "contains the input", "runs/ck0")
+C(
+    "loss",
+    "merge-out-parent-of-inputs-force",
+    "merge runs/ck0 runs/ck1 --out runs --force",
+    "contains the input",
+    "runs/ck0",
+)
 C("loss", "merge-out-parent-of-inputs", "merge runs/ck0 runs/ck1 --out runs", "contains the input")
-C("loss", "merge-out-is-input-dir-force", "merge runs/ck0 runs/ck1 --out runs/ck0 --force",
-  "is the input")
-C("loss", "merge-out-is-input-weights", "merge runs/ck0 runs/ck1 --out "
-  "runs/ck0/adapter_model.safetensors --force", "overwrite an input")
-C("loss", "merge-out-inside-input", "merge runs/ck0 runs/ck1 --out runs/ck0/merged",
-  "lies inside the input")
-C("loss", "merge-out-symlink-to-input", "merge runs/ck0 runs/ck1 --out link_ck0 --force",
-  "link_ck0", "input")
-C("loss", "merge-input-symlink-out-target", "merge link_ck0 runs/ck1 --out runs --force",
-  "contains the input")
-C("loss", "merge-out-cwd-force", "merge a.safetensors b.safetensors --out . --force",
-  "working directory")
-C("loss", "merge-out-cwd-parent", "merge a.safetensors b.safetensors --out .. --force",
-  "working directory")
-C("loss", "merge-out-foreign-dir-force", "merge a.safetensors b.safetensors --out foreign "
-  "--force", "foreign", "not written by coto-tools")
-C("loss", "merge-out-foreign-file-force", "merge a.safetensors b.safetensors --out "
-  "foreign.safetensors --force", "foreign.safetensors", "not written by coto-tools")
-C("loss", "merge-out-plain-file-force", "merge a.safetensors b.safetensors --out f.txt --force",
-  "f.txt", "not written by coto-tools")
-C("loss", "merge-out-foreign-dir", "merge a.safetensors b.safetensors --out foreign",
-  "foreign", "exists")
-C("loss", "write-pruned-onto-input-force", "prune ck --write-pruned everyother-even --out ck "
-  "--force", "is the input")
-C("loss", "write-pruned-onto-input", "prune ck --write-pruned everyother-even --out ck",
-  "is the input")
-C("loss", "write-pruned-out-parent", "prune runs/ck0 --write-pruned low --out runs --force",
-  "contains the input")
-C("loss", "write-pruned-out-inside", "prune runs/ck0 --write-pruned low --out runs/ck0/p",
-  "lies inside")
-C("loss", "write-pruned-out-foreign", "prune ck --write-pruned low --out foreign --force",
-  "not written by coto-tools")
-C("loss", "write-pruned-out-cwd", "prune ck --write-pruned low --out . --force",
-  "working directory")
-C("loss", "train-out-foreign-force", f"train --task tiny --steps 2 {Q} --out foreign --force",
-  "not written by coto-tools")
-C("loss", "train-out-cwd-force", f"train --task tiny --steps 2 {Q} --out . --force",
-  "working directory")
-C("loss", "train-out-plugin-data", f"train --task plugin:{{\"data\":\"d.jsonl\"}} --steps 2 {Q} "
-  "--out d.jsonl --force", "d.jsonl")
+C(
+    "loss",
+    "merge-out-is-input-dir-force",
+    "merge runs/ck0 runs/ck1 --out runs/ck0 --force",
+    "is the input",
+)
+C(
+    "loss",
+    "merge-out-is-input-weights",
+    "merge runs/ck0 runs/ck1 --out runs/ck0/adapter_model.safetensors --force",
+    "overwrite an input",
+)
+C(
+    "loss",
+    "merge-out-inside-input",
+    "merge runs/ck0 runs/ck1 --out runs/ck0/merged",
+    "lies inside the input",
+)
+C(
+    "loss",
+    "merge-out-symlink-to-input",
+    "merge runs/ck0 runs/ck1 --out link_ck0 --force",
+    "link_ck0",
+    "input",
+)
+C(
+    "loss",
+    "merge-input-symlink-out-target",
+    "merge link_ck0 runs/ck1 --out runs --force",
+    "contains the input",
+)
+C(
+    "loss",
+    "merge-out-cwd-force",
+    "merge a.safetensors b.safetensors --out . --force",
+    "working directory",
+)
+C(
+    "loss",
+    "merge-out-cwd-parent",
+    "merge a.safetensors b.safetensors --out .. --force",
+    "working directory",
+)
+C(
+    "loss",
+    "merge-out-foreign-dir-force",
+    "merge a.safetensors b.safetensors --out foreign --force",
+    "foreign",
+    "not written by coto-tools",
+)
+C(
+    "loss",
+    "merge-out-foreign-file-force",
+    "merge a.safetensors b.safetensors --out foreign.safetensors --force",
+    "foreign.safetensors",
+    "not written by coto-tools",
+)
+C(
+    "loss",
+    "merge-out-plain-file-force",
+    "merge a.safetensors b.safetensors --out f.txt --force",
+    "f.txt",
+    "not written by coto-tools",
+)
+C(
+    "loss",
+    "merge-out-foreign-dir",
+    "merge a.safetensors b.safetensors --out foreign",
+    "foreign",
+    "exists",
+)
+C(
+    "loss",
+    "write-pruned-onto-input-force",
+    "prune ck --write-pruned everyother-even --out ck --force",
+    "is the input",
+)
+C(
+    "loss",
+    "write-pruned-onto-input",
+    "prune ck --write-pruned everyother-even --out ck",
+    "is the input",
+)
+C(
+    "loss",
+    "write-pruned-out-parent",
+    "prune runs/ck0 --write-pruned low --out runs --force",
+    "contains the input",
+)
+C(
+    "loss",
+    "write-pruned-out-inside",
+    "prune runs/ck0 --write-pruned low --out runs/ck0/p",
+    "lies inside",
+)
+C(
+    "loss",
+    "write-pruned-out-foreign",
+    "prune ck --write-pruned low --out foreign --force",
+    "not written by coto-tools",
+)
+C(
+    "loss",
+    "write-pruned-out-cwd",
+    "prune ck --write-pruned low --out . --force",
+    "working directory",
+)
+C(
+    "loss",
+    "train-out-foreign-force",
+    f"train --task tiny --steps 2 {Q} --out foreign --force",
+    "not written by coto-tools",
+)
+C(
+    "loss",
+    "train-out-cwd-force",
+    f"train --task tiny --steps 2 {Q} --out . --force",
+    "working directory",
+)
+C(
+    "loss",
+    "train-out-plugin-data",
+    f'train --task plugin:{{"data":"d.jsonl"}} --steps 2 {Q} --out d.jsonl --force',
+    "d.jsonl",
+)
 C("loss", "shapley-out-is-input", f"shapley ck --out ck {Q}", "is the input")
 C("loss", "shapley-out-parent", f"shapley runs/ck0 --out runs {Q}", "contains the input")
-C("loss", "shapley-out-config-file", f"shapley ck --out ck/adapter_config.json {Q}",
-  "not a directory")
-C("loss", "shapley-out-plugin-file", f"shapley ck --task-plugin plug_data.py:make --data d.jsonl "
-  f"--out d.jsonl {Q}", "d.jsonl")
+C(
+    "loss",
+    "shapley-out-config-file",
+    f"shapley ck --out ck/adapter_config.json {Q}",
+    "not a directory",
+)
+C(
+    "loss",
+    "shapley-out-plugin-file",
+    f"shapley ck --task-plugin plug_data.py:make --data d.jsonl --out d.jsonl {Q}",
+    "d.jsonl",
+)
 C("loss", "prune-out-is-input", f"prune ck --out ck {Q}", "is the input")
 C("loss", "prune-out-parent", f"prune runs/ck0 runs/ck1 --out runs {Q}", "contains the input")
 C("loss", "lmc-out-is-input", f"lmc runs/ck0 runs/ck1 --out runs/ck0 {Q}", "is the input")
 C("loss", "lmc-out-parent", f"lmc runs/ck0 runs/ck1 --out runs {Q}", "contains the input")
-C("loss", "reproduce-out-foreign", f"reproduce --task tiny --quick {Q} --out foreign",
-  "foreign", "not a coto-tools reproduction")
-C("loss", "reproduce-out-file", f"reproduce --task tiny --quick {Q} --out f.txt",
-  "not a directory")
+C(
+    "loss",
+    "reproduce-out-foreign",
+    f"reproduce --task tiny --quick {Q} --out foreign",
+    "foreign",
+    "not a coto-tools reproduction",
+)
+C("loss", "reproduce-out-file", f"reproduce --task tiny --quick {Q} --out f.txt", "not a directory")
 C("loss", "report-out-file", "report rep_ok --out f.txt", "f.txt")
 # -- never hang: patterns that backtrack without bound, in every command opening the adapter -----
 for name in ("hang_alpha", "hang_rank"):
@@ -278,8 +382,13 @@ for name in ("hang_alpha", "hang_rank"):
     C("hang", f"merge-{name}", f"merge {name} ck --out m", name, "backtracks")
     C("hang", f"shapley-{name}", f"shapley {name} {Q} --out s", name, "backtracks")
     C("hang", f"prune-{name}", f"prune {name} {Q} --out p", name, "backtracks")
-    C("hang", f"write-pruned-{name}", f"prune {name} --write-pruned low --out w", name,
-      "backtracks")
+    C(
+        "hang",
+        f"write-pruned-{name}",
+        f"prune {name} --write-pruned low --out w",
+        name,
+        "backtracks",
+    )
     C("hang", f"lmc-{name}", f"lmc {name} ck {Q} --out l", name, "backtracks")
 C("hang", "inspect-long-pattern", "inspect long_pattern", "5000 characters")
 C("hang", "merge-long-pattern", "merge long_pattern ck --out m", "5000 characters")
@@ -290,27 +399,71 @@ for plugin, needle in (("plug_batches.py", "batches() failed"),
                        ("plug_fn_raises.py", "missing thing"), ("plug_fn_exit.py", "sys.exit(3)"),
                        ("plug_not_task.py", "returned a int")):  # fmt: skip
     stem = plugin.removesuffix(".py").removeprefix("plug_")
-    C("plugin", f"shapley-plugin-{stem}", f"shapley ck --task-plugin {plugin}:make {Q}",
-      plugin, needle)
+    C(
+        "plugin",
+        f"shapley-plugin-{stem}",
+        f"shapley ck --task-plugin {plugin}:make {Q}",
+        plugin,
+        needle,
+    )
 for plugin, needle in (("plug_batches.py", "batches() failed"), ("plug_import.py", "broke"),
                        ("plug_exit.py", "sys.exit")):  # fmt: skip
     stem = plugin.removesuffix(".py").removeprefix("plug_")
-    C("plugin", f"prune-plugin-{stem}", f"prune ck --task-plugin {plugin}:make {Q} --out p",
-      plugin, needle)
-    C("plugin", f"lmc-plugin-{stem}", f"lmc runs/ck0 runs/ck1 --task-plugin {plugin}:make {Q} "
-      "--out l", plugin, needle)
-    C("plugin", f"merge-eval-plugin-{stem}", f"merge runs/ck0 runs/ck1 --eval --task-plugin "
-      f"{plugin}:make --out m", plugin, needle)
-C("plugin", "shapley-module-plugin-import-error", f"shapley ck --task-plugin "
-  f"cotoplug_import_mod:make {Q}", "cotoplug_import_mod", "module import broke")
-C("plugin", "shapley-module-plugin-exit", f"shapley ck --task-plugin cotoplug_exit_mod:make {Q}",
-  "cotoplug_exit_mod", "sys.exit(0)")
-C("plugin", "shapley-module-plugin-missing-dependency", f"shapley ck --task-plugin "
-  f"cotoplug_attr_mod:make {Q}", "cotoplug_attr_mod", "nosuchpackage_xyz")
-C("plugin", "prune-module-plugin-import-error", f"prune ck --task-plugin cotoplug_import_mod:make "
-  f"{Q} --out p", "cotoplug_import_mod", "broke")
-C("plugin", "shapley-module-plugin-not-found", f"shapley ck --task-plugin cotoplug_nowhere:make "
-  f"{Q}", "cotoplug_nowhere")
+    C(
+        "plugin",
+        f"prune-plugin-{stem}",
+        f"prune ck --task-plugin {plugin}:make {Q} --out p",
+        plugin,
+        needle,
+    )
+    C(
+        "plugin",
+        f"lmc-plugin-{stem}",
+        f"lmc runs/ck0 runs/ck1 --task-plugin {plugin}:make {Q} --out l",
+        plugin,
+        needle,
+    )
+    C(
+        "plugin",
+        f"merge-eval-plugin-{stem}",
+        f"merge runs/ck0 runs/ck1 --eval --task-plugin {plugin}:make --out m",
+        plugin,
+        needle,
+    )
+C(
+    "plugin",
+    "shapley-module-plugin-import-error",
+    f"shapley ck --task-plugin cotoplug_import_mod:make {Q}",
+    "cotoplug_import_mod",
+    "module import broke",
+)
+C(
+    "plugin",
+    "shapley-module-plugin-exit",
+    f"shapley ck --task-plugin cotoplug_exit_mod:make {Q}",
+    "cotoplug_exit_mod",
+    "sys.exit(0)",
+)
+C(
+    "plugin",
+    "shapley-module-plugin-missing-dependency",
+    f"shapley ck --task-plugin cotoplug_attr_mod:make {Q}",
+    "cotoplug_attr_mod",
+    "nosuchpackage_xyz",
+)
+C(
+    "plugin",
+    "prune-module-plugin-import-error",
+    f"prune ck --task-plugin cotoplug_import_mod:make {Q} --out p",
+    "cotoplug_import_mod",
+    "broke",
+)
+C(
+    "plugin",
+    "shapley-module-plugin-not-found",
+    f"shapley ck --task-plugin cotoplug_nowhere:make {Q}",
+    "cotoplug_nowhere",
+)
 # -- JSON the tool reads: report and reproduce ----------------------------------------------------
 for name, needle in (("rep_list", "expected an object, got a list"),
                      ("rep_number", "got an integer"), ("rep_string", "got a string"),
@@ -329,31 +482,54 @@ C("json", "report-two-dirs-one-bad", "report rep_ok summary_list --out both", "s
 for name, needle in (("rout_list", "got a list"), ("rout_number", "got an integer"),
                      ("rout_deep", "nested deeper"), ("rout_invalid", "invalid JSON"),
                      ("rout_invocations", "'invocations' must be a list")):  # fmt: skip
-    C("json", f"reproduce-{name}", f"reproduce --task tiny --quick {Q} --out {name}", name,
-      needle)
+    C("json", f"reproduce-{name}", f"reproduce --task tiny --quick {Q} --out {name}", name, needle)
 # -- resume only what still matches ---------------------------------------------------------------
-C("resume", "shapley-log-other-game", f"shapley log_other_game {Q}", "refusing to resume",
-  "--force")
+C(
+    "resume",
+    "shapley-log-other-game",
+    f"shapley log_other_game {Q}",
+    "refusing to resume",
+    "--force",
+)
 C("resume", "shapley-log-not-a-log", f"shapley log_not_a_log {Q}", "not a coto-tools evaluation")
 C("resume", "shapley-log-bad-middle-line", f"shapley log_bad_middle {Q}", "line 2")
 C("resume", "shapley-log-list-lines", f"shapley log_list_line {Q}", "not a JSON object")
 C("resume", "shapley-log-deep", f"shapley log_deep {Q}", "line 1")
 # -- merge of unrelated adapters; alpha consistency ------------------------------------------------
-C("merge", "merge-no-common-module", "merge llama gpt2 --out m", "no adapter module in common",
-  "--allow-different-bases")
+C(
+    "merge",
+    "merge-no-common-module",
+    "merge llama gpt2 --out m",
+    "no adapter module in common",
+    "--allow-different-bases",
+)
 C("merge", "merge-no-common-module-three", "merge ck llama runs/ck0 --out m", "in common")
-C("merge", "merge-different-bases", "merge base_a base_b --out m", "org/model-a", "org/model-b",
-  "--allow-different-bases")
-C("merge", "merge-different-bases-ties", "merge base_a base_b --method ties --out m",
-  "different base models")
+C(
+    "merge",
+    "merge-different-bases",
+    "merge base_a base_b --out m",
+    "org/model-a",
+    "org/model-b",
+    "--allow-different-bases",
+)
+C(
+    "merge",
+    "merge-different-bases-ties",
+    "merge base_a base_b --method ties --out m",
+    "different base models",
+)
 for name, needle in (("alpha0", "lora_alpha"), ("alpha_neg", "lora_alpha"),
                      ("alpha_pattern0", "alpha_pattern"), ("alpha_nan", "NaN")):  # fmt: skip
     C("alpha", f"inspect-{name}", f"inspect {name}", name, needle)
     C("alpha", f"merge-{name}", f"merge {name} ck --out m", name, needle)
 C("alpha", "shapley-alpha0", f"shapley alpha0 {Q} --out s", "alpha0", "lora_alpha")
 C("alpha", "prune-alpha-neg", f"prune alpha_neg {Q} --out p", "alpha_neg", "lora_alpha")
-C("alpha", "merge-alpha-option-zero", "merge a.safetensors b.safetensors --alpha 0 --out m",
-  "--alpha")
+C(
+    "alpha",
+    "merge-alpha-option-zero",
+    "merge a.safetensors b.safetensors --alpha 0 --out m",
+    "--alpha",
+)
 
 assert len({c.id for c in CASES}) == len(CASES)
 FAMILIES = {"loss", "hang", "plugin", "json", "resume", "merge", "alpha"}
