@@ -10,7 +10,7 @@ from coto_tools.adapters.players import Grouping
 from coto_tools.cli._app import THREADS, app, apply_threads, quiet_loading
 from coto_tools.runtime.executor import ExecutorKind, executor_from_cli
 from coto_tools.shapley.registry import Estimator
-from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, Split
+from coto_tools.shapley.run import DEFAULT_BUDGET, Metric, ShapleyConfig, ShapleyRunResult, Split
 from coto_tools.tasks import options as user_opts
 
 _D = ShapleyConfig()  # the library's defaults, shown in --help
@@ -67,7 +67,8 @@ def shapley_cmd(
     estimator: Estimator = typer.Option(
         _D.estimator,
         "--estimator",
-        help="auto: exact when 2^n <= budget (n <= 16), else antithetic permutation sampling.",
+        help="auto: exact when 2^n <= budget (n <= 16), else stratified (antithetic pairs "
+        "balanced over positions, with a position control variate).",
     ),
     budget: int | None = typer.Option(
         None,
@@ -99,6 +100,13 @@ def shapley_cmd(
         False, "--force", help="Discard the evaluation log and start over (default: resume)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    interactions: bool = typer.Option(
+        False,
+        "--interactions",
+        help="Also pairwise Faith-Shap interactions (< 0: two players stand in for each other) "
+        "from the same coalitions: interactions.csv/.json, interaction_heatmap.png; several "
+        "checkpoints: interaction_heatmaps.png on one colour scale.",
+    ),
     threads: int = THREADS,
     # -- user task (issue 7): own model + data, or a plugin --
     base_model: str | None = user_opts.BASE_MODEL,
@@ -122,6 +130,7 @@ def shapley_cmd(
     twice). Several checkpoints: each gets its own outputs, plus shapley_heatmaps.png (one
     colour scale) in --out.
     """
+    from coto_tools.shapley.interaction_outputs import write_interaction_comparison
     from coto_tools.shapley.outputs import write_comparison
     from coto_tools.shapley.run import shapley_run, shapley_runs
 
@@ -143,6 +152,7 @@ def shapley_cmd(
         out=None if several else out,
         force=force,
         players_map=players_map,
+        interactions=interactions,
     )
     run_on = executor_from_cli(executor, ray_address, workers, device, dtype)
     apply_threads(threads)
@@ -171,4 +181,14 @@ def shapley_cmd(
         )
         beside = first.parent / "shapley_compare"  # like merge's merged/
         combined = write_comparison(out if out is not None else beside, runs)
+        if interactions:
+            combined["interactions"] = write_interaction_comparison(
+                out if out is not None else beside,
+                [(_run_label(r), r.interactions, r.players.names) for r in runs
+                 if r.interactions is not None],
+            )  # fmt: skip
         typer.echo(f"combined: {', '.join(str(f) for f in combined.values())}")
+
+
+def _run_label(r: ShapleyRunResult) -> str:
+    return f"{r.checkpoint.resolve().name} ({r.primary.estimator})"

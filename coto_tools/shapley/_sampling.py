@@ -125,6 +125,7 @@ class Sampler(Protocol):
     def add(self, keys: Sequence[int], values: np.ndarray) -> None: ...
     def estimate(self) -> tuple[np.ndarray, np.ndarray]: ...
     def halves(self) -> np.ndarray: ...
+    def dof(self) -> int: ...
 
 
 def run_sampler(
@@ -222,7 +223,8 @@ def run_sampler(
         trace_e.append(cached.n_evaluations)
         trace_v.append(est)
         trace_se.append(se)
-    low, high = interval(est, se)
+    dof = sampler.dof()
+    low, high = interval(est, se, dof)
     return ShapleyResult(
         values=est,
         std_errors=se,
@@ -246,4 +248,5 @@ def run_sampler(
         samples=per_sample() if per_sample is not None else None,
         player_names=player_names,
         stopped_by=stopped_by,
+        dof=dof,
     )

@@ -95,6 +95,10 @@ class KernelShapSampler:
     def estimate(self) -> tuple[np.ndarray, np.ndarray]:
         return self._solve(slice(None))
 
+    def dof(self) -> int:
+        """Degrees of freedom of the t interval: samples - 1."""
+        return self.n_samples - 1
+
     def halves(self) -> np.ndarray:
         if self.n_samples < 2:
             return np.full((2, self.n), np.nan)

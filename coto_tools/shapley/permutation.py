@@ -73,6 +73,10 @@ class PermutationSampler:
         var = np.maximum(self._sumsq - m * mean * mean, 0.0) / (m - 1)
         return mean, np.sqrt(var / m)
 
+    def dof(self) -> int:
+        """Degrees of freedom of the t interval: samples - 1."""
+        return self.n_samples - 1
+
     def halves(self) -> np.ndarray:
         rows = self.per_sample()
         if rows.shape[0] < 2:

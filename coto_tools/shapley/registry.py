@@ -23,6 +23,7 @@ from coto_tools.shapley.kernelshap import estimate_kernelshap
 from coto_tools.shapley.log import EvaluationLog
 from coto_tools.shapley.permutation import estimate_permutation
 from coto_tools.shapley.result import ShapleyResult
+from coto_tools.shapley.stratified import estimate_stratified
 from coto_tools.shapley.svarm import estimate_svarm
 
 
@@ -35,6 +36,7 @@ class Estimator(str, Enum):
     ANTITHETIC = "antithetic"
     KERNELSHAP = "kernelshap"
     SVARM = "svarm"
+    STRATIFIED = "stratified"
 
 
 EstimatorFn = Callable[..., ShapleyResult]
@@ -45,6 +47,7 @@ ESTIMATORS: dict[Estimator, EstimatorFn] = {
     Estimator.ANTITHETIC: estimate_antithetic,
     Estimator.KERNELSHAP: estimate_kernelshap,
     Estimator.SVARM: estimate_svarm,
+    Estimator.STRATIFIED: estimate_stratified,
 }
 
 AUTO_EXACT_MAX_PLAYERS = 10

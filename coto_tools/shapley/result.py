@@ -31,7 +31,9 @@ class ShapleyResult:
     """Shapley values of one game and metric, with their uncertainty.
 
     ``values``, ``std_errors``, ``ci_low``, ``ci_high``: ``(n_players,)``; the 95% interval is
-    ``values +- 1.96 std_errors`` (normal approximation; zero width for ``exact``).
+    ``values +- t_{0.975, dof} std_errors`` with ``dof`` the estimator's degrees of freedom
+    (samples - 1; samples - 2 for ``stratified``, which fits one covariate; zero width for
+    ``exact``, whose ``dof`` is infinite).
     ``evaluations``: distinct coalitions used (v(N) and v(empty) included); ``computed``: how
     many of those the game evaluated in this run (the rest came from a log or a shared cache).
     ``n_samples``: sampling units drawn (permutations, antithetic pairs, coalition pairs, ...);
@@ -59,6 +61,7 @@ class ShapleyResult:
     player_names: tuple[str, ...] | None = None
     stopped_by: str = "budget"
     extra: dict[str, Any] = field(default_factory=dict)
+    dof: float = float("inf")
 
     @property
     def n_players(self) -> int:
@@ -86,6 +89,7 @@ class ShapleyResult:
             "v_full": self.v_full,
             "v_empty": self.v_empty,
             "rank_stability": _nan_to_none(self.rank_stability()),
+            "interval": "exact" if self.estimator == "exact" else f"95% t, {self.dof:g} dof",
             "players": [
                 {
                     "name": name,
@@ -110,9 +114,24 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
-def interval(values: np.ndarray, std_errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """95% normal interval."""
-    return values - Z95 * std_errors, values + Z95 * std_errors
+def t_quantile(dof: float) -> float:
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (normal when infinite;
+    NaN below 1, where no interval exists)."""
+    if not dof >= 1:
+        return float("nan")
+    return Z95 if np.isinf(dof) else float(stats.t.ppf(0.975, dof))
+
+
+def interval(
+    values: np.ndarray, std_errors: np.ndarray, dof: float = float("inf")
+) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval ``values +- t_{0.975, dof} std_errors``.
+
+    The t quantile matters at the sample counts budgets allow: at 10 samples it is 2.26, not
+    1.96 (measured coverage of antithetic sampling's 95% interval with 1.96: 0.74-0.81 at budget
+    60 on 10 players; see tests/test_shapley_coverage.py for the t interval's)."""
+    q = t_quantile(dof)
+    return values - q * std_errors, values + q * std_errors
 
 
 def _nan_to_none(x: float) -> float | None:

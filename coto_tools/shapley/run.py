@@ -136,8 +136,10 @@ class ShapleyConfig:
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.sample_batch < 1:
             bad.append("batch sizes must be >= 1")
         if self.interactions and self.estimator is Estimator.SVARM:
-            bad.append("--interactions needs the coalitions of exact, permutation, antithetic, "
-                       "stratified or kernelshap (auto picks one of them), not svarm")
+            bad.append(
+                "--interactions needs the coalitions of exact, permutation, antithetic, "
+                "stratified or kernelshap (auto picks one of them), not svarm"
+            )
         if bad:
             raise OptionError("; ".join(bad))
 
@@ -472,9 +474,7 @@ def _run(
         prep.out, prep.players, results, config.metric.value, summary, figures=figures
     )
     if inter is not None:
-        files |= write_interactions(
-            prep.out, inter, prep.players.names, summary, figures=figures
-        )
+        files |= write_interactions(prep.out, inter, prep.players.names, summary, figures=figures)
     return ShapleyRunResult(
         checkpoint=prep.checkpoint,
         config=config,

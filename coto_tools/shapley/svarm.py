@@ -174,6 +174,10 @@ class SvarmSampler:
             se = np.full(self.n, np.nan)
         return phi, se
 
+    def dof(self) -> int:
+        """Degrees of freedom of the t interval: samples - 1."""
+        return self.n_samples - 1
+
     def halves(self) -> np.ndarray:
         return np.stack([self._combine([h])[0] for h in self._halves])
 
