@@ -431,3 +431,25 @@ def test_example_files_are_scored(env: dict[str, Path], name: str) -> None:
     m = ev.value({})
     ev.close()
     assert ev.n_examples == 3 and m.n > 0 and math.isfinite(m.logprob)
+
+
+def test_prune_and_lmc_on_gpt2_adapters(env: dict[str, Path], capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    second = peft_lm_adapter(
+        env["gpt2"], tmp_path / "gpt2_b", seed=5, targets=("c_attn", "c_proj"), fan_in_fan_out=True
+    )
+    user = ["--data", str(env["pc"]), "--base-model", str(env["gpt2"]), "--quiet"]
+    code, out, err = _run(
+        ["prune", str(env["gpt2_ad"]), "--strategies", "all,everyother,low,kind:qkv",
+         "--no-curves", "--ranks", "2,1", "--out", str(tmp_path / "prune"), *user],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = (tmp_path / "prune" / "prune.csv").read_text()
+    assert "kind:qkv" in rows and "everyother-even" in rows
+    code, out, err = _run(
+        ["lmc", str(env["gpt2_ad"]), str(second), "--points", "3", "--space", "delta",
+         "--out", str(tmp_path / "lmc"), *user],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert any(p.suffix == ".csv" for p in (tmp_path / "lmc").iterdir())
