@@ -207,7 +207,7 @@ def test_config_checks() -> None:
     with pytest.raises(OptionError, match="two tasks"):
         ReproduceConfig(out=Path("x"), cross_tasks=(TaskSpec("bbc-a"),))
     p = ReproduceConfig(out=Path("x"), task="bbc-topic", quick=True).preset()
-    assert (p.seeds, p.split, p.cross_tasks is not None) == (2, "quick", True)
+    assert (p.seeds, p.split, p.cross_tasks is None, p.steps) == (2, "quick", True, 80)
     assert ReproduceConfig(out=Path("x"), task="tiny").preset().cross_tasks is None
 
 

@@ -43,9 +43,11 @@ def reproduce_cmd(
     """Train LoRA and CoTo adapters alike, then generalisation, merging (same-task and
     cross-task), pruning, Shapley and LMC; write report.html, report.md and claims.json.
 
-    Presets: default (3 seeds, 16 shots, 120 steps) and --quick (2 seeds, 8 shots, 40 steps,
-    quick split). A rerun reuses finished training runs and stages. Evaluations (merging,
-    pruning, Shapley, LMC) run on --device; training runs on the CPU."""
+    Presets: default (4 seeds, 16 shots, 120 steps) and --quick (2 seeds, 8 shots, 80 steps,
+    quick split, no cross-task merging); steps chosen by the plateau rule for both methods.
+    --seeds N scales every stage (cross-task runs too). A rerun reuses finished training runs
+    and stages. Evaluations (merging, pruning, Shapley, LMC) run on --device; training runs on
+    the CPU."""
     from coto_tools.reproduce import ReproduceConfig, reproduce
 
     run_on = executor_from_cli(executor, ray_address, workers, device, dtype)

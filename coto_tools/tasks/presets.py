@@ -102,7 +102,7 @@ class PlateauRule:
     window: float = 0.10
     min_window: int = 4
     abs_tol: float = 0.02
-    rel_tol: float = 0.10
+    rel_tol: float = 0.05
 
     def terms(self, losses: Iterable[float]) -> dict[str, float]:
         """``prev``, ``last``, ``fall`` (prev - last) and ``tol`` of one run's losses."""
