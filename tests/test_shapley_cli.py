@@ -194,3 +194,41 @@ def test_second_checkpoint_bad_means_nothing_runs(
     code, _, err = _run([str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and "missing" in err
     assert _snapshot(tmp_path) == before
+
+
+def test_interactions_exact_and_sampled_side_by_side(
+    runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from coto_tools.shapley.interactions import fsii_exact
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[1], b)
+    cmp_dir = tmp_path / "cmp"
+    code, _, err = _run(
+        [str(a), str(b), "--interactions", "--out", str(cmp_dir), "--quiet"], capsys
+    )
+    assert code == 0, err
+    assert (cmp_dir / "interaction_heatmaps.png").stat().st_size > 0
+    for ck in (a, b):
+        d = ck / "shapley"
+        rows = _read_csv(d / "interactions.csv")
+        assert len(rows) == 15  # 6 module players
+        doc = json.loads((d / "interactions.json").read_text())
+        assert doc["exact"] is True and doc["coalitions"] == 64
+        beta, _ = fsii_exact(_log_table(d / LOG_FILE, 6, "logprob"))
+        np.testing.assert_allclose([float(r["value"]) for r in rows], beta[6:], atol=1e-12)
+        assert (d / "interaction_heatmap.png").stat().st_size > 0
+    # sampled: the same run's coalitions, with standard errors
+    out = tmp_path / "s"
+    args = [str(a), "--estimator", "stratified", "--budget", "40", "--interactions"]
+    code, _, err = _run([*args, "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "interactions.json").read_text())
+    shap = json.loads((out / "shapley.json").read_text())
+    assert doc["exact"] is False and doc["coalitions"] == shap["evaluations"] <= 40
+    assert all(p["std_error"] > 0 for p in doc["pairs"]) and "jackknife" in doc["interval"]
+    before = _snapshot(tmp_path)
+    code, _, err = _run([str(a), "--estimator", "svarm", "--interactions"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "svarm" in err
+    assert _snapshot(tmp_path) == before
