@@ -350,7 +350,7 @@ def test_cli_layer_shapley_on_gpt2_bf16_llama_and_bert(env: dict[str, Path], cap
          "--data", str(env["pc"]), "--base-model", str(env["llama"]), "--device", "cpu"],
         capsys,
     )  # fmt: skip
-    assert code == 0 and "memory estimate on cpu: model" in err
+    assert code == 0 and "memory estimate on cpu: model" in err and "Loading weights" in err
     code, _, err = _run(["shapley", str(env["llama_ad"]), "--dtype", "int4"], capsys)
     assert code == 2 and "--dtype 'int4': allowed auto, float32, bfloat16, float16" in err
 

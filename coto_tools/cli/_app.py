@@ -60,7 +60,11 @@ def quiet_loading(quiet: bool) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        _QUIETED["bars"] = True
         logging.getLogger("coto_tools").setLevel(logging.WARNING)
+
+
+_QUIETED = {"bars": False}  # what quiet_loading switched off, switched on again by main()
 
 
 class _InfoHandler(logging.StreamHandler):
@@ -78,6 +82,11 @@ def _show_info() -> None:
         logger.addHandler(_InfoHandler())
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    if _QUIETED["bars"]:  # a previous --quiet command in this process
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.enable_progress_bar()
+        _QUIETED["bars"] = False
 
 
 def apply_threads(threads: int) -> int:
