@@ -453,3 +453,16 @@ def test_prune_and_lmc_on_gpt2_adapters(env: dict[str, Path], capsys, tmp_path: 
     )  # fmt: skip
     assert code == 0, err
     assert any(p.suffix == ".csv" for p in (tmp_path / "lmc").iterdir())
+
+
+def test_documented_python_snippet_runs(env: dict[str, Path], capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    text = (ROOT / "docs" / "task_plugins.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "llama-lora/" in b]
+    code = code.replace('"llama-lora/"', repr(str(env["llama_ad"])))
+    code = code.replace('"./llama"', repr(str(env["llama"])))
+    monkeypatch.chdir(ROOT)  # the snippet names docs/examples/... from the repository root
+    exec(compile(code, "task_plugins.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "'accuracy_norm'" in printed and printed.rstrip().endswith(" 3")
