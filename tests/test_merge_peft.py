@@ -129,6 +129,24 @@ DELTA_CASES = [
         {"svd_rank": 8, "density": 0.5},
         (1.0, 1.0),
     ),
+    (  # unequal weights: PEFT votes on the unweighted deltas (issue 19)
+        "ties_svd",
+        {"method": "ties", "space": "delta", "density": 0.5, "rank": 8},
+        {"svd_rank": 8, "density": 0.5},
+        (0.3, 1.7),
+    ),
+    (
+        "ties_svd",
+        {"method": "ties", "space": "delta", "density": 0.4, "rank": 8},
+        {"svd_rank": 8, "density": 0.4},
+        (-0.8, 1.1),
+    ),
+    (
+        "dare_ties_svd",  # density 1: no random drop, the vote and merge alone
+        {"method": "dare-ties", "space": "delta", "density": 1.0, "rank": 8},
+        {"svd_rank": 8, "density": 1.0},
+        (0.3, 1.7),
+    ),
     (
         "magnitude_prune_svd",
         {"method": "magnitude-prune", "space": "delta", "density": 0.3, "rank": 8},
@@ -138,11 +156,14 @@ DELTA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("ctype,cfg,kw,weights", DELTA_CASES, ids=[c[0] for c in DELTA_CASES])
+@pytest.mark.parametrize(
+    "ctype,cfg,kw,weights", DELTA_CASES, ids=[f"{c[0]}-{c[3]}" for c in DELTA_CASES]
+)
 def test_delta_space_products_equal_peft(peft_setup, ctype, cfg, kw, weights) -> None:  # type: ignore[no-untyped-def]
     model, dirs, tmp = peft_setup
-    ref = _peft_merge(model, f"d-{ctype}", ctype, weights, **kw)
-    ours = _ours(dirs, tmp, f"d-{ctype}", weights=weights, **cfg)
+    tag = f"d-{ctype}-" + "_".join(str(w).replace(".", "p") for w in weights)
+    ref = _peft_merge(model, tag, ctype, weights, **kw)
+    ours = _ours(dirs, tmp, tag, weights=weights, **cfg)
     for name, (A, B, scaling) in ref.items():
         expected = scaling * B @ A
         tol = 1e-5 * float(expected.abs().max())
@@ -150,3 +171,21 @@ def test_delta_space_products_equal_peft(peft_setup, ctype, cfg, kw, weights) ->
         if ctype == "cat":  # PEFT's cat factors are ours exactly
             torch.testing.assert_close(ours.modules[name].A, A, rtol=0, atol=1e-6)
             torch.testing.assert_close(ours.modules[name].B, B, rtol=0, atol=1e-6)
+
+
+def test_weighted_vote_is_the_other_rule(peft_setup) -> None:  # type: ignore[no-untyped-def]
+    """``ties_vote="weighted"`` (weights folded in before the sign vote) is not PEFT's rule: with
+    unequal weights it gives another merge; with equal weights the two rules agree."""
+    model, dirs, tmp = peft_setup
+    cfg = {"method": "ties", "space": "delta", "density": 0.5, "rank": 8}
+    ref = _peft_merge(model, "vote-peft", "ties_svd", (0.3, 1.7), svd_rank=8, density=0.5)
+    weighted = _ours(dirs, tmp, "vote-w", weights=(0.3, 1.7), ties_vote="weighted", **cfg)
+    rel = [
+        float((weighted.modules[n].delta() - s * B @ A).norm() / (s * B @ A).norm())
+        for n, (A, B, s) in ref.items()
+    ]
+    assert max(rel) > 0.05  # a real difference, not rounding
+    same_a = _ours(dirs, tmp, "vote-eq-w", weights=(1.0, 1.0), ties_vote="weighted", **cfg)
+    same_b = _ours(dirs, tmp, "vote-eq-u", weights=(1.0, 1.0), **cfg)
+    for n, m in same_a.modules.items():
+        torch.testing.assert_close(m.delta(), same_b.modules[n].delta(), rtol=0, atol=1e-6)

@@ -15,6 +15,7 @@ from coto_tools.merge import (
     MergeConfig,
     MergeMethod,
     MergeSpace,
+    TiesVote,
     merge_files,
 )
 from coto_tools.merge.engine import MergeResult
@@ -75,6 +76,14 @@ def merge_cmd(
     rank: int | None = typer.Option(
         None, "--rank", help="Output rank in delta space (default: the sum of the input ranks)."
     ),
+    ties_vote: TiesVote = typer.Option(
+        TiesVote.UNWEIGHTED,
+        "--ties-vote",
+        help="Delta-space ties / dare-ties: unweighted (default, as PEFT's ties_svd: the sign "
+        "vote sees s·B@A of each input and the weights enter only the disjoint merge) or "
+        "weighted (weights folded into the deltas before the vote, so they sway it; with "
+        "unequal weights the results differ). Factor space always votes unweighted, as PEFT.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of DARE's random masks."),
     knots_merge: KnotsMerge = typer.Option(
         KnotsMerge.TIES,
@@ -134,6 +143,7 @@ def merge_cmd(
         rank=rank,
         seed=seed,
         knots_merge=knots_merge,
+        ties_vote=ties_vote,
     )
     user = user_opts.UserTaskArgs(
         base_model, data, label_prompts, max_length, batch_size, limit, task_plugin

@@ -13,6 +13,7 @@ from coto_tools.merge.config import (
     MergeConfig,
     MergeMethod,
     MergeSpace,
+    TiesVote,
 )
 from coto_tools.merge.engine import (
     MergeReport,
@@ -33,6 +34,7 @@ __all__ = [
     "MergeResult",
     "MergeSpace",
     "ModuleParts",
+    "TiesVote",
     "default_output",
     "merge_adapters",
     "merge_files",

@@ -38,6 +38,19 @@ class MajoritySign(str, Enum):
     FREQUENCY = "frequency"
 
 
+class TiesVote(str, Enum):
+    """What the TIES sign election sees in delta space (factor space always votes unweighted).
+
+    ``unweighted`` (default, PEFT's ``ties_svd``): the vote is on the trimmed ``s_i ΔW_i`` and
+    the weights enter the disjoint merge (the mean of ``w_i τ̂_i`` over agreeing tasks);
+    ``weighted``: the weights are folded into the task vectors ``w_i s_i ΔW_i`` first, so they
+    sway the vote (and the merge is the mean of the agreeing weighted vectors).
+    """
+
+    UNWEIGHTED = "unweighted"
+    WEIGHTED = "weighted"
+
+
 class KnotsMerge(str, Enum):
     """The merge KnOTS applies to the aligned per-adapter blocks."""
 
@@ -97,6 +110,9 @@ class MergeConfig:
     - ``rank``: output rank in delta space; default per module the sum of the input ranks.
     - ``seed``: seeds the ``torch.Generator`` of DARE.
     - ``knots_merge``: the merge KnOTS applies to the aligned blocks (ties or task-arithmetic).
+    - ``ties_vote``: delta-space ties/dare-ties: ``unweighted`` (PEFT's ``ties_svd``: the sign
+      vote ignores the weights, which enter the disjoint merge) or ``weighted`` (weights folded
+      into the task vectors before the vote); see :class:`TiesVote`.
     """
 
     method: MergeMethod = MergeMethod.CAT
@@ -107,12 +123,14 @@ class MergeConfig:
     rank: int | None = None
     seed: int = 0
     knots_merge: KnotsMerge = KnotsMerge.TIES
+    ties_vote: TiesVote = TiesVote.UNWEIGHTED
 
     def __post_init__(self) -> None:
         for name, enum in (
             ("method", MergeMethod),
             ("majority_sign", MajoritySign),
             ("knots_merge", KnotsMerge),
+            ("ties_vote", TiesVote),
         ):
             object.__setattr__(self, name, _enum(enum, getattr(self, name), name))
         if self.space is not None:

@@ -79,6 +79,11 @@ class _Source:
         return dict(self.item.modules_to_save)
 
 
+def _delta_ties(c: MergeConfig) -> bool:
+    """Whether ``c`` is a delta-space ties/dare-ties merge (where ``ties_vote`` matters)."""
+    return c.space is MergeSpace.DELTA and c.method in (MergeMethod.TIES, MergeMethod.DARE_TIES)
+
+
 @dataclass(frozen=True)
 class MergeReport:
     """What a merge did: the resolved options, per-module facts, and anything worth saying."""
@@ -107,6 +112,7 @@ class MergeReport:
             "majority_sign": c.majority_sign.value,
             "rank": c.rank,
             "knots_merge": c.knots_merge.value if c.method is MergeMethod.KNOTS else None,
+            "ties_vote": c.ties_vote.value if _delta_ties(c) else None,
             "inputs": list(self.inputs),
             "min_energy_kept": min(self.energy_kept.values()) if self.energy_kept else None,
         }
@@ -124,6 +130,8 @@ class MergeReport:
             lines.append(f"density: {c.density:g}")
         if c.uses_sign:
             lines.append(f"majority sign: {c.majority_sign.value}")
+        if _delta_ties(c):
+            lines.append(f"sign vote on {c.ties_vote.value} deltas")
         if c.method.value.startswith("dare"):
             lines.append(f"seed: {c.seed}")
         ranks = sorted(set(self.ranks.values()))

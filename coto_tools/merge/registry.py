@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from coto_tools.merge.cat import cat
-from coto_tools.merge.config import MergeConfig, MergeMethod
+from coto_tools.merge.config import MergeConfig, MergeMethod, TiesVote
 from coto_tools.merge.dare import dare_linear, dare_ties
 from coto_tools.merge.knots import knots
 from coto_tools.merge.magnitude import magnitude_prune
@@ -93,10 +93,35 @@ def _dense(fn: ElementwiseFn) -> DeltaFn:
 
 
 def _ties_delta(parts: ModuleParts, cfg: MergeConfig, rank: int, g: torch.Generator) -> _Out:
-    """TIES on ``w_i ΔW_i`` without forming the ``ΔW_i`` (row chunks), then truncated SVD."""
-    coefs = [w * s for s, w in zip(parts.scalings, parts.weights, strict=True)]
-    merged = ties_lowrank(parts.As, parts.Bs, coefs, _density(cfg), cfg.majority_sign)
+    """TIES on the deltas without forming them (row chunks), then truncated SVD. Default (PEFT's
+    ``ties_svd``): the vote on ``s_i ΔW_i``, the weights in the disjoint merge; ``ties_vote =
+    weighted``: on ``w_i s_i ΔW_i``."""
+    if cfg.ties_vote is TiesVote.WEIGHTED:
+        coefs = [w * s for s, w in zip(parts.scalings, parts.weights, strict=True)]
+        merged = ties_lowrank(parts.As, parts.Bs, coefs, _density(cfg), cfg.majority_sign)
+    else:
+        merged = ties_lowrank(
+            parts.As,
+            parts.Bs,
+            list(parts.scalings),
+            _density(cfg),
+            cfg.majority_sign,
+            weights=list(parts.weights),
+        )
     return truncated_svd(merged, rank)
+
+
+def _dare_ties_delta(parts: ModuleParts, cfg: MergeConfig, rank: int, g: torch.Generator) -> _Out:
+    """DARE-TIES on the dense deltas, then truncated SVD; the vote as in :func:`_ties_delta`."""
+    if cfg.ties_vote is TiesVote.WEIGHTED:
+        deltas, w = parts.deltas(), torch.ones(len(parts.As))
+    else:
+        deltas = [
+            s * (b.to(torch.float32) @ a.to(torch.float32))
+            for a, b, s in zip(parts.As, parts.Bs, parts.scalings, strict=True)
+        ]
+        w = torch.tensor(list(parts.weights), dtype=torch.float32)
+    return truncated_svd(_dare_ties(deltas, w, cfg, g), rank)
 
 
 def _weighted_sum(parts: ModuleParts, cfg: MergeConfig, rank: int, g: torch.Generator) -> _Out:
@@ -136,7 +161,7 @@ REGISTRY: dict[MergeMethod, MethodSpec] = {
     MergeMethod.TASK_ARITHMETIC: MethodSpec(_linear, _weighted_sum),
     MergeMethod.TIES: MethodSpec(_ties, _ties_delta),
     MergeMethod.DARE_LINEAR: MethodSpec(_dare_linear, _dense(_dare_linear)),
-    MergeMethod.DARE_TIES: MethodSpec(_dare_ties, _dense(_dare_ties)),
+    MergeMethod.DARE_TIES: MethodSpec(_dare_ties, _dare_ties_delta),
     MergeMethod.MAGNITUDE_PRUNE: MethodSpec(_magnitude, _dense(_magnitude)),
     MergeMethod.CAT: MethodSpec(None, _cat),
     MergeMethod.SVD: MethodSpec(None, _weighted_sum),

@@ -3,8 +3,11 @@
 Steps in the paper's order: (1) trim each task vector to its top-``density`` magnitudes,
 (2) elect a sign per entry, (3) disjoint merge: average the entries that agree with the elected
 sign. The weights enter as in PEFT's ``merge_utils.ties``: the sign is elected on the trimmed
-*unweighted* tensors and the weighted tensors are then averaged over the agreeing ones. (In delta
-space coto-tools folds the weights into the task vectors first, so the election sees them.)
+*unweighted* tensors and the weighted tensors are then averaged over the agreeing ones. Delta
+space follows PEFT's ``ties_svd`` the same way by default (the vote sees ``s_i ΔW_i``, the
+weights enter the disjoint merge); :attr:`~coto_tools.merge.config.TiesVote.WEIGHTED` folds the
+weights into the task vectors first, so that the election sees them (with unequal weights the
+two differ).
 """
 
 from __future__ import annotations
@@ -132,8 +135,12 @@ def ties_lowrank(
     majority_sign: MajoritySign = MajoritySign.TOTAL,
     *,
     chunk_rows: int | None = None,
+    weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """:func:`ties_consuming` of the deltas ``c_i · B_i @ A_i`` without holding them: ``(out, in)``.
+
+    ``weights``: applied after the sign election, in the disjoint merge (PEFT's ``ties``: the
+    mean over agreeing tasks of ``w_i τ̂_i``); ``None``: 1 each (weights folded into ``coefs``).
 
     The same numbers as ``ties_consuming([c_i * (B_i @ A_i) ...])`` with float32 factors, in one
     float32 ``(out, in)`` buffer plus row chunks: each task's magnitude threshold needs its
@@ -162,6 +169,7 @@ def ties_lowrank(
             trims.append(TrimRule(buf, k))
     total = majority_sign is MajoritySign.TOTAL
     one = torch.ones((), dtype=torch.float32)
+    ws = [1.0] * len(a32) if weights is None else [float(w) for w in weights]
     for r0, r1 in chunks:
         ts = []
         for i, (a, b, c) in enumerate(zip(a32, b32, coefs, strict=True)):
@@ -174,9 +182,9 @@ def ties_lowrank(
         e = torch.copysign(one, acc)  # +1 where the vote is >= 0 (acc is never -0.0)
         acc.zero_()
         count = torch.zeros_like(acc)
-        for t in ts:  # 3. disjoint merge
+        for t, w in zip(ts, ws, strict=True):  # 3. disjoint merge
             agree = t.mul_(e).clamp_(min=0)
-            acc.add_(agree)
+            acc.add_(agree if w == 1.0 else agree * w)
             count.add_(agree.sign_())
         acc.mul_(e).div_(count.clamp_(min=1))
     return buf
