@@ -553,16 +553,14 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("issue16_inputs") / "in"
     root.mkdir()
     build_inputs(root)
     return root
 
 
-@pytest.fixture
-def workdir(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def copy_inputs(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the inputs, which is also the working directory and on sys.path (for
     the module:function plugins); no bytecode is written next to the plugins."""
     root = tmp_path / "in"
@@ -575,6 +573,16 @@ def workdir(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for name in [m for m in sys.modules if m.startswith("cotoplug_")]:
         monkeypatch.delitem(sys.modules, name)
     return root
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_template(tmp_path_factory)
+
+
+@pytest.fixture
+def workdir(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return copy_inputs(template, tmp_path, monkeypatch)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str, str]:

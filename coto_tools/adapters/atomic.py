@@ -155,6 +155,7 @@ def atomic_path(
     ``OSError`` while writing or renaming becomes one :class:`CotoError` line.
     """
     path = Path(path)
+    remove_stale_temps(path)
     if path.exists() and not force:
         raise OutputExistsError(f"{path}: output exists; pass --force to overwrite it")
     parent = path.parent if str(path.parent) else Path(".")
@@ -162,7 +163,6 @@ def atomic_path(
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CotoError(f"{parent}: cannot create output directory: {exc.strerror or exc}") from exc
-    remove_stale_temps(path)
     prefix = f".{path.name}.tmp-{os.getpid()}-"
     try:
         if directory:

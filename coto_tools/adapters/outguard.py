@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from coto_tools.adapters.atomic import remove_stale_temps
 from coto_tools.errors import OptionError, OutputExistsError
 
 PROVENANCE_FILES = ("coto_provenance.json",)
@@ -106,6 +107,7 @@ def check_output(
     output is replaced as a whole (an adapter or run directory) rather than filled with files.
     """
     out = Path(out)
+    remove_stale_temps(out)  # a killed run's siblings: an old output moved aside comes back
     outs = _forms(out)
     cwd = Path(os.getcwd())
     for o in outs if replaces else ():
