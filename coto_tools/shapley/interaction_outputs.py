@@ -4,8 +4,8 @@ several checkpoints, the heatmaps side by side on one colour scale
 (``interaction_heatmaps.png``).
 
 Colours: blue (negative) = the two players stand in for each other (redundant), red
-(positive) = they need each other; pairs whose 95% interval excludes 0 carry a dot
-(every pair of an exact run whose value is not 0).
+(positive) = they need each other; in a sampled run, pairs whose 95% interval excludes 0 carry
+a star (numbers shown, up to 10 players) or a dot.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def plot_interactions(
             if n <= 10:
                 text = fmt.format(v) + ("*" if sig[i, j] and not inter.exact else "")
                 ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour)
-            elif sig[i, j]:
+            elif sig[i, j] and not inter.exact:
                 ax.plot(j, i, marker=".", ms=3, color=colour)
     if title:
         ax.set_title(title, fontsize=9)
