@@ -592,7 +592,9 @@ def build_report(dirs: Sequence[str | Path] | str | Path, *, out: str | Path | N
     read = [d["root"] / f for d in datas for f in (META_FILE, *(f"{s}/" for s in STAGES))]
     check_output(target, [], replaces=False)
     for name in ("claims.json", "report.md", "report.html"):
-        check_output(target / name, read, replaces=False, inside_ok=True)
+        page = target / name
+        if not (page.is_file() and not page.is_symlink()):  # a page built before is rebuilt
+            check_output(page, read, replaces=False, inside_ok=True)
     with _shape_errors(target if len(ds) > 1 else ds[0]):  # every page built before any write
         pages = (json.dumps(claims_json(datas), indent=2) + "\n", render_md(datas, target))
         page_html = render_html(datas)

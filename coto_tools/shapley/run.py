@@ -16,6 +16,7 @@ sequence depends only on the seed, returns the numbers of an uninterrupted run.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -99,7 +100,7 @@ class ShapleyConfig:
     task: str | None = None
     out: Path | None = None
     force: bool = False
-    batch_size: int = 64
+    batch_size: int = 16  # small pieces: the progress bar and the log advance every few seconds
     sample_batch: int = 256
     eval_batch_size: int = 64
     players_map: Path | None = None
@@ -190,6 +191,37 @@ def default_out(checkpoint: Path) -> Path:
     if checkpoint.is_file():
         return checkpoint.parent / f"{checkpoint.stem}.shapley"
     return checkpoint / "shapley"
+
+
+class _EvalProgress:
+    """The progress bar of a run (stderr): it advances as each piece of ``batch_size``
+    coalitions is computed, whatever the estimator, and shows an ETA when the number of
+    evaluations is known (a budget, or the ``2^n`` of an exact run). The estimator's updates
+    after each batch set the exact count (evaluations from the log included)."""
+
+    def __init__(self, config: ShapleyConfig, n_players: int, from_log: int) -> None:
+        from tqdm.auto import tqdm
+
+        budget = config.effective_budget()
+        total = None if budget is None else min(int(budget), 1 << min(n_players, 62))
+        self.bar = tqdm(
+            total=total,
+            initial=from_log if total is None else min(from_log, total),
+            desc="shapley",
+            unit="eval",
+            file=sys.stderr,
+            smoothing=0.1,
+        )
+
+    def computed(self, k: int) -> None:
+        self.bar.update(k)
+
+    def update(self, info: Any) -> None:  # a ProgressInfo after each batch
+        self.bar.n = int(info.evaluations)
+        self.bar.set_postfix(samples=info.n_samples, max_se=f"{info.max_std_error:.3g}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _check_adapter(ckpt: Path) -> None:
@@ -421,21 +453,31 @@ def _run(
         game = AdapterGame(evaluator, prep.players, metrics=metrics, adapter=branch)
         with EvaluationLog(log_path, fingerprint, n) as log:
             from_log = len(log)
+            bar = _EvalProgress(config, n, from_log) if progress else None
             cached = CachedGame(
-                game, n, metric=config.metric.value, log=log, chunk=config.batch_size
-            )
-            primary = estimate_shapley(
-                cached,
+                game,
                 n,
-                estimator=config.estimator,
-                budget=config.effective_budget(),
-                permutations=config.permutations,
-                tol=config.tol,
-                seed=config.seed,
-                progress=progress,
-                batch_size=config.sample_batch,
-                player_names=prep.players.names,
+                metric=config.metric.value,
+                log=log,
+                chunk=config.batch_size,
+                on_computed=None if bar is None else bar.computed,
             )
+            try:
+                primary = estimate_shapley(
+                    cached,
+                    n,
+                    estimator=config.estimator,
+                    budget=config.effective_budget(),
+                    permutations=config.permutations,
+                    tol=config.tol,
+                    seed=config.seed,
+                    progress=False if bar is None else bar.update,
+                    batch_size=config.sample_batch,
+                    player_names=prep.players.names,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
         results = {
             m: primary if m == config.metric.value else recompute(primary, cached, m)
             for m in metrics
