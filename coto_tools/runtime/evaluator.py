@@ -220,7 +220,9 @@ class Evaluator(BaseEvaluator):
             raise TaskError(f"task {task.name}: split {split!r} is empty")
         self.batches = [batch_to(b, self.device) for b in batches]
         self.memory: MemoryEstimate = estimate_memory(self.model, self.batches)
-        _log.info(self.memory.line())  # the CLI shows it (not under --quiet)
+        if getattr(self.model, "_coto_memory_told", None) != self.memory:
+            _log.info(self.memory.line())  # the CLI shows it (not under --quiet); once per model
+            object.__setattr__(self.model, "_coto_memory_told", self.memory)  # plain attribute
         # tasks scored by additive sums (causal LM: per token) have no per-example logits
         self._sums = uses_metric_sums(task)
         labels = torch.empty(0) if self._sums else torch.cat([b.labels for b in batches])
