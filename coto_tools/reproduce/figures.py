@@ -250,9 +250,10 @@ def learning_curve_figure(curves: Mapping[str, Any]) -> Figure:
             x = np.arange(1, ls.size + 1)
             w = max(1, ls.size // 10)
             smooth = np.convolve(ls, np.ones(w) / w, mode="valid")
-            color = plt.rcParams["axes.prop_cycle"].by_key()["color"][k % 10]
-            ax.plot(x, np.maximum(ls, 1e-6), lw=0.5, alpha=0.35, color=color)
-            ax.plot(x[w - 1 :], np.maximum(smooth, 1e-6), lw=1.6, color=color,
+            color = COLORS[m]  # the method's colour; seeds differ by line style
+            style = ("-", "--", ":", "-.")[k % 4]
+            ax.plot(x, np.maximum(ls, 1e-6), lw=0.5, alpha=0.3, color=color, ls=style)
+            ax.plot(x[w - 1 :], np.maximum(smooth, 1e-6), lw=1.6, color=color, ls=style,
                     label=f"seed {r['seed']}")  # fmt: skip
             if k == 0 and ls.size:
                 ax.axvspan(0.8 * ls.size, ls.size, color="0.9", zorder=0)
