@@ -87,7 +87,9 @@ def test_fingerprint_and_player_mismatch_refused(tmp_path):
         EvaluationLog(path, "game-A", 6)
 
 
-@pytest.mark.parametrize("estimator", ["permutation", "antithetic", "kernelshap", "svarm"])
+@pytest.mark.parametrize(
+    "estimator", ["permutation", "antithetic", "kernelshap", "svarm", "stratified"]
+)
 def test_resume_after_crash_equals_uninterrupted(tmp_path, estimator):
     full = run(FlakyGame(), tmp_path / "a.jsonl", estimator)
 
