@@ -3,7 +3,7 @@
 Random games are tables of ``2^n`` values (:class:`TableGame`). Exact values must satisfy
 efficiency, symmetry, the dummy axiom and additivity, and agree with the definition as an
 average over all ``n!`` orderings (computed here, independently of the library). The sampling
-estimators permutation, antithetic and kernelshap must be efficient for every sample size.
+estimators permutation, antithetic, kernelshap and stratified must be efficient for every sample size.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_exact_additivity(data: st.DataObject, n: int) -> None:
 @SETTINGS
 @given(
     table=tables(n_min=2, n_max=8),
-    estimator=st.sampled_from(["permutation", "antithetic", "kernelshap"]),
+    estimator=st.sampled_from(["permutation", "antithetic", "kernelshap", "stratified"]),
     budget=st.integers(20, 120),
     seed=st.integers(0, 10_000),
 )
