@@ -9,7 +9,11 @@ starts writing. After every kill the output path must either not exist or hold t
 output (loadable, equal to the output of an uninterrupted run); the only other thing a kill may
 leave is a temporary sibling ``.NAME.tmp-*``, which the next run to the same path removes.
 
-(``shapley`` resuming after SIGKILL without re-evaluating anything is tested in
+Issue 16 adds: a ``--force`` replacement killed at moments spread over its write and its two
+renames (the output is always the complete old or new adapter; an old one moved aside comes
+back), two concurrent writers of one output (one complete output, a clean exit for each), and
+``shapley`` killed at random moments then rerun (the same numbers as an uninterrupted run).
+(``shapley`` resuming after SIGKILL without re-evaluating anything is also tested in
 ``tests/test_shapley_adapter.py::test_resume_after_sigkill``, with a real subprocess.)
 """
 
@@ -284,3 +288,190 @@ def test_stale_temp_siblings_of_dead_runs_are_removed(tmp_path: Path) -> None:
     assert not dead_file.exists() and not dead_dir.exists()
     assert live.exists() and legacy.exists() and other.exists()
     assert remove_stale_temps(out) == []
+
+
+# -- issue 16: --force replacement killed, two concurrent writers, Shapley resume ---------------
+
+
+def _slow_old_renames() -> None:
+    """In the child: moving the old output aside (``.NAME.old-*``) pauses before returning, so
+    that kills land between the two renames of a ``--force`` replacement too."""
+    real = os.rename
+
+    def rename(src, dst, *a, **kw):  # type: ignore[no-untyped-def]
+        real(src, dst, *a, **kw)
+        if ".old-" in os.fspath(dst):
+            time.sleep(0.3)
+
+    os.rename = rename  # type: ignore[assignment]
+
+
+def _same_delta(a: LoraAdapter, b: LoraAdapter) -> bool:
+    n = a.names[0]
+    return torch.equal(a.modules[n].delta(), b.modules[n].delta())
+
+
+def _siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def test_force_replacement_killed_keeps_old_or_new_output(tmp_path: Path) -> None:
+    """``merge --force`` over an earlier merge, killed at random moments (in the slowed write,
+    between the two renames, or not at all): the output is always the complete old or new
+    adapter; after a kill between the renames the old one waits aside and the next write (or
+    run) of the path puts it back. Nothing else is ever left."""
+    from coto_tools.adapters.atomic import remove_stale_temps
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_adapter(_adapter(1, 16, 256, 8), a)
+    save_adapter(_adapter(2, 16, 256, 8), b)
+
+    def argv(out: Path, weights: str) -> list[str]:
+        return ["merge", str(a), str(b), "--method", "cat", "--weights", weights, "--out", str(out)]
+
+    refs = {}
+    for w in ("0.5,0.5", "0.7,-0.2"):
+        refs[w] = tmp_path / f"ref-{w}"
+        assert run_child(argv(refs[w], w), delay=None).exit_code == 0
+    old_ref, new_ref = (load_adapter(refs[w]) for w in ("0.5,0.5", "0.7,-0.2"))
+    rng = random.Random(16)
+    seen = {"old": 0, "new": 0, "moved_aside": 0, "killed": 0}
+    kills = 8  # from the first write: spread over the write, the renames and past the end
+    for k in range(kills):
+        out = tmp_path / f"case{k}" / "merged"
+        out.parent.mkdir()
+        assert run_child(argv(out, "0.5,0.5"), delay=None).exit_code == 0
+        delay = (k + rng.random()) / kills * (WRITE_S + 0.8)
+        pid_out = _run_forced(argv(out, "0.7,-0.2") + ["--force"], delay, True)
+        seen["killed"] += pid_out.killed
+        left = _siblings(out)
+        assert all(".tmp-" in n or ".old-" in n for n in left), left
+        if not out.exists():  # killed between the renames: the old output waits aside
+            assert pid_out.killed and any(".old-" in n for n in left), left
+            seen["moved_aside"] += 1
+        remove_stale_temps(out)  # what the next run of the same path does first
+        assert _siblings(out) == [] and out.exists()
+        got = load_adapter(out)
+        is_new = _same_delta(got, new_ref)
+        _same_adapter(got, new_ref if is_new else old_ref)
+        seen["new" if is_new else "old"] += 1
+    print("force replacement", seen, file=sys.stderr)
+    assert seen["killed"] >= 2 and seen["old"] >= 1
+
+
+def _run_forced(argv: list[str], delay: float, from_write: bool) -> Outcome:
+    global _slow_writes
+    plain = _slow_writes
+
+    def slow(started: int) -> None:
+        plain(started)
+        _slow_old_renames()
+
+    _slow_writes = slow  # type: ignore[assignment]
+    try:
+        return run_child(argv, delay=delay, from_write=from_write)
+    finally:
+        _slow_writes = plain
+
+
+def _start(argv: list[str]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            _slow_writes(os.open(os.devnull, os.O_WRONLY))
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait(pid: int) -> int:
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("a concurrent writer did not finish")
+
+
+def test_two_concurrent_writers_end_in_one_complete_output(tmp_path: Path) -> None:
+    """Two ``merge`` runs into one folder at once (slowed writes overlap): with ``--force`` both
+    exit 0 and the folder holds one of their complete outputs; without it (a new folder) one
+    writes and the other exits 2. No temporary or old sibling is left either way."""
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_adapter(_adapter(1, 16, 256, 8), a)
+    save_adapter(_adapter(2, 16, 256, 8), b)
+
+    def argv(out: Path, weights: str) -> list[str]:
+        return ["merge", str(a), str(b), "--method", "cat", "--weights", weights, "--out", str(out)]
+
+    refs = {w: tmp_path / f"ref-{w}" for w in ("0.5,0.5", "0.7,-0.2")}
+    for w, ref in refs.items():
+        assert run_child(argv(ref, w), delay=None).exit_code == 0
+    wins = []
+    for k in range(3):
+        out = tmp_path / f"force{k}" / "merged"
+        out.parent.mkdir()
+        assert run_child(argv(out, "0.5,0.5"), delay=None).exit_code == 0
+        pids = [_start(argv(out, w) + ["--force"]) for w in refs]
+        assert [_wait(p) for p in pids] == [0, 0]
+        assert _siblings(out) == []
+        got = load_adapter(out)
+        match = [w for w, ref in refs.items() if _same_delta(got, load_adapter(ref))]
+        assert len(match) == 1
+        _same_adapter(got, load_adapter(refs[match[0]]))
+        wins.append(match[0])
+        out = tmp_path / f"new{k}" / "merged"
+        out.parent.mkdir()
+        pids = [_start(argv(out, w)) for w in refs]
+        assert sorted(_wait(p) for p in pids) == [0, 2]
+        assert _siblings(out) == [] and load_adapter(out).names
+    print("concurrent --force winners", wins, file=sys.stderr)
+
+
+def test_shapley_killed_at_random_moments_resumes_to_the_same_numbers(tmp_path: Path) -> None:
+    """``shapley`` killed with SIGKILL at random moments, then rerun: the numbers equal an
+    uninterrupted run's, and the final run computes only what the killed runs did not log."""
+    from coto_tools.train.run import RUN_FILE
+
+    ckpt = tmp_path / "ck"
+    rec = {"format": "coto-tools/train-run", "task": "tiny", "task_variant": {}, "method": "lora",
+           "seed": 0, "config": {}}  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    names = [f"encoder.layer.{i}.attention.self.{k}" for i in (0, 1) for k in ("query", "value")]
+    mods = {n: LoraModule(torch.randn(4, 32, generator=g), torch.randn(32, 4, generator=g),
+                          alpha=8.0) for n in names}  # fmt: skip
+    save_adapter(LoraAdapter(mods), ckpt, extra_files={RUN_FILE: json.dumps(rec)})
+
+    def argv(out: Path) -> list[str]:
+        return ["shapley", str(ckpt), "--estimator", "permutation", "--budget", "14", "--split",
+                "quick", "--seed", "4", "--quiet", "--out", str(out)]  # fmt: skip
+
+    ref = tmp_path / "ref"
+    done = run_child(argv(ref), delay=None)
+    assert done.exit_code == 0
+    want = json.loads((ref / "shapley.json").read_text())
+    out = tmp_path / "resumed"
+    rng = random.Random(17)
+    kills = 0
+    for k in range(4):  # each kill later than the last: the log grows between them
+        outcome = run_child(argv(out), delay=(k + rng.random()) / 4 * done.seconds)
+        kills += outcome.killed
+    final = run_child(argv(out), delay=None)
+    assert final.exit_code == 0
+    got = json.loads((out / "shapley.json").read_text())
+    for m in ("logprob", "accuracy", "loss"):
+        assert got["metrics"][m]["values"] == want["metrics"][m]["values"]
+    assert got["evaluations"] == want["evaluations"]
+    assert got["evaluations_computed"] + got["evaluations_from_log"] == got["evaluations"]
+    print("shapley kills", kills, "final computed", got["evaluations_computed"], file=sys.stderr)

@@ -96,7 +96,12 @@ def _no_clobber_rename(tmp: Path, path: Path) -> None:
     if tmp.is_dir():
         if path.exists() or path.is_symlink():
             raise FileExistsError(errno.EEXIST, "exists", str(path))
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError as exc:  # another writer's output arrived in between
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+            raise
         return
     try:
         os.link(tmp, path)
