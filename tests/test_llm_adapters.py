@@ -466,3 +466,17 @@ def test_documented_python_snippet_runs(env: dict[str, Path], capsys, monkeypatc
     exec(compile(code, "task_plugins.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "'accuracy_norm'" in printed and printed.rstrip().endswith(" 3")
+
+
+def test_merge_eval_reports_accuracy_norm(env: dict[str, Path], capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    second = peft_lm_adapter(
+        env["llama"], tmp_path / "b", seed=7, targets=("q_proj", "v_proj", "down_proj")
+    )
+    code, out, err = _run(
+        ["merge", str(env["llama_ad"]), str(second), "--out", str(tmp_path / "m"), "--eval",
+         "--data", str(env["mc"]), "--base-model", str(env["llama"]), "--dtype", "bfloat16"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if ln.startswith("eval ")]
+    assert len(lines) == 4 and all("accuracy_norm" in ln and "(n=3)" in ln for ln in lines)
