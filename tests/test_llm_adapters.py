@@ -301,6 +301,11 @@ def test_format_errors_name_the_row(env: dict[str, Path]) -> None:
     bad = write_jsonl(d / "bad_chat.jsonl", [{"messages": [{"role": "user", "content": "a"}]}])
     with pytest.raises(TaskError, match="no assistant turn"):
         get_task("user", base_model=str(env["llama"]), data=str(bad)).batches("eval")
+    bad = write_jsonl(d / "one_choice.jsonl", [{"question": "q", "choices": ["a"], "answer": 0}])
+    with pytest.raises(
+        TaskError, match=r"one_choice.jsonl:1: 'choices' must be a list of at least 2"
+    ):
+        get_task("user", base_model=str(env["llama"]), data=str(bad))
     bad = write_jsonl(d / "nocol.jsonl", [{"prompt": "x"}])
     with pytest.raises(TaskError, match="no 'text' column"):
         get_task("user", base_model=str(env["llama"]), data=str(bad))

@@ -263,7 +263,7 @@ class MultipleChoiceTask(_ScoredLmBase):
         super().__init__(opts, records)
         self.name = f"user-mc:{Path(opts.data).name}"
         self._questions: list[Question] | None = None
-        self.n_choices = max(len(self._choices(r, "")) for _, r in records)
+        self.n_choices = max(len(self._choices(r, f"{opts.data}:{i}")) for i, r in records)
         self.labels = tuple(str(i) for i in range(self.n_choices))
         self._order: dict[str, list[int]] = {}
 
