@@ -10,7 +10,7 @@ import torch
 from test_merge_fixtures import SHAPES, make_adapter
 
 from coto_tools.adapters import load_adapter, open_checkpoint, save_adapter
-from coto_tools.errors import CotoError, MergeError, OutputExistsError
+from coto_tools.errors import CotoError, OptionError, OutputExistsError
 from coto_tools.merge import (
     MergeConfig,
     MergeMethod,
@@ -162,7 +162,7 @@ def test_default_output_and_no_overwrite(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         merge_files([pa, pb], MergeConfig(), tmp_path / "merged")
     merge_files([pa, pb], MergeConfig(weights=(1.0, 0.0)), tmp_path / "merged", force=True)
-    with pytest.raises(MergeError, match="overwrite an input"):
+    with pytest.raises(OptionError, match="overwrite an input"):  # the one output guard
         merge_files([pa, pb], MergeConfig(), pb, force=True)
 
 

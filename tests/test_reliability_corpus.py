@@ -188,6 +188,10 @@ def build_inputs(root: Path) -> None:
     for name, text in rout:
         (root / name).mkdir()
         (root / name / "reproduce.json").write_text(text)
+    # --players-map files
+    for name, text in (("pm_deep", DEEP), ("pm_list", '["query"]'), ("pm_invalid", "{"),
+                       ("pm_hang", json.dumps({HANG: "x"}))):  # fmt: skip
+        (root / f"{name}.json").write_text(text)
     # evaluation logs that must not be resumed
     header = {"format": "coto-tools/shapley-evaluations", "version": 1, "n_players": 6}
     log_dir(root / "log_other_game", 20, [json.dumps(header | {"fingerprint": "adapter-game:0"})])
@@ -483,6 +487,10 @@ for name, needle in (("rout_list", "got a list"), ("rout_number", "got an intege
                      ("rout_deep", "nested deeper"), ("rout_invalid", "invalid JSON"),
                      ("rout_invocations", "'invocations' must be a list")):  # fmt: skip
     C("json", f"reproduce-{name}", f"reproduce --task tiny --quick {Q} --out {name}", name, needle)
+for name, needle in (("pm_deep", "cannot read"), ("pm_list", "expected a JSON object"),
+                     ("pm_invalid", "cannot read"), ("pm_hang", "backtracks")):  # fmt: skip
+    C("json" if name != "pm_hang" else "hang", f"shapley-players-map-{name}",
+      f"shapley ck --players-map {name}.json {Q} --out s", needle)  # fmt: skip
 # -- resume only what still matches ---------------------------------------------------------------
 C(
     "resume",

@@ -11,7 +11,7 @@ from typing import Any
 
 import regex  # matching with a timeout (see MATCH_TIMEOUT_S)
 
-from coto_tools.errors import CheckpointError, UnsupportedAdapterError
+from coto_tools.errors import CheckpointError, CotoError, UnsupportedAdapterError
 
 PEFT_DEFAULT_ALPHA = 8  # LoraConfig.lora_alpha's default in PEFT
 
@@ -158,6 +158,18 @@ def _match(pattern: str, name: str) -> bool:
         ) from None
     except (regex.error, RecursionError, OverflowError):  # reported by check_config
         return False
+
+
+def search_bounded(pattern: str, text: str, *, source: str) -> bool:
+    """``re.search(pattern, text)``, bounded in time as :func:`pattern_value` (for regular
+    expressions from user files, e.g. ``--players-map``); ``source`` names the file."""
+    try:
+        return regex.search(pattern, text, timeout=MATCH_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise CotoError(
+            f"{source}: pattern {pattern!r} takes longer than {MATCH_TIMEOUT_S} s to search "
+            f"{text!r}: it backtracks without bound; refused"
+        ) from None
 
 
 def pattern_value(patterns: Mapping[str, Any], name: str) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coto_tools.adapters._config import search_bounded
 from coto_tools.adapters.keys import ModuleKey, kind_sort_key, parse_module_name
 from coto_tools.errors import OptionError
 
@@ -168,7 +169,7 @@ def read_players_map(path: str | Path) -> dict[str, str]:
     p = Path(path)
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise OptionError(f"--players-map {p}: cannot read a JSON object: {exc}") from None
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, str) for v in obj.values()):
         raise OptionError(
@@ -192,7 +193,10 @@ def players_from_map(module_names: Iterable[str], mapping: Mapping[str, str]) ->
     groups: dict[str, list[str]] = {}
     unmatched: list[str] = []
     for name, key in _sorted_modules(module_names):
-        found = next((pl for rx, pl in rules if rx.search(key.name)), None)
+        found = next(
+            (pl for rx, pl in rules if search_bounded(rx.pattern, key.name, source="players map")),
+            None,
+        )
         if found is None:
             unmatched.append(name)
         else:

@@ -207,7 +207,7 @@ class TableGame:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 return cls(data["values"], data.get("player_names"), metric=metric)
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 raise ShapleyError(f"{path}: not a table JSON ({exc})") from exc
         raise ShapleyError(f"{path}: table must be .npy or .json, got {path.suffix!r}")
 

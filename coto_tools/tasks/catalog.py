@@ -75,7 +75,7 @@ def _cache_key(name: str, variant: Mapping[str, Any], sizes: Mapping[str, int]) 
 def _read_cache(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}  # no cache yet, or an unreadable one: recompute on request
     return data if isinstance(data, dict) else {}
 

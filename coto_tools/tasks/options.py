@@ -98,7 +98,7 @@ def _config_base_model(checkpoint: Path) -> str | None:
         return None
     try:
         value = json.loads(cfg.read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError) as exc:
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"{cfg}: cannot read: {exc}") from exc
     return value if isinstance(value, str) and value else None
 
