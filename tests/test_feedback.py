@@ -73,3 +73,11 @@ def test_shapley_on_a_folder_without_an_adapter(
     assert exc.value.code == 2 and err.count("\n") == 0
     assert "no adapter_model.safetensors" in err and "reproduce folder" in err
     assert "no task known" not in err
+
+
+def test_unknown_task_lists_only_tasks_a_user_types(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["tasks", "bbc", "--no-zero-shot"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "known tasks: tiny, bbc-topic" in err
+    assert "user" not in err and "plugin" not in err

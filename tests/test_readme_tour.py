@@ -9,6 +9,7 @@ exit 0, and the paths the tour's comments promise must exist.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -89,3 +90,6 @@ def test_readme_tour_runs_as_written(
     ):
         assert (runs / p).is_file(), p
     assert not (tmp_path / "shapley_compare").exists()  # beside the first checkpoint, not in cwd
+    meta = json.loads((runs / "quick" / "reproduce.json").read_text())
+    assert meta["cpu_time_s"] > 0 and meta["invocations"][-1]["cpu_time_s"] > 0
+    assert "CPU time (s)" in (runs / "quick" / "report.html").read_text()
