@@ -485,3 +485,24 @@ def test_merge_eval_reports_accuracy_norm(env: dict[str, Path], capsys, tmp_path
     assert code == 0, err
     lines = [ln for ln in out.splitlines() if ln.startswith("eval ")]
     assert len(lines) == 4 and all("accuracy_norm" in ln and "(n=3)" in ln for ln in lines)
+
+
+def test_csv_multiple_choice_equals_jsonl(env: dict[str, Path], tmp_path: Path) -> None:
+    import csv
+
+    path = tmp_path / "mc.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "choices", "answer"])
+        for row in MC[:2]:
+            answer = row["answer"]
+            idx = answer if isinstance(answer, int) else row["choices"].index(answer)
+            w.writerow([row["question"], json.dumps(row["choices"]), str(idx)])
+    ad = load_adapter(env["llama_ad"])
+    got = []
+    for data, limit in ((path, None), (env["mc"], 2)):
+        task = get_task("user", base_model=str(env["llama"]), data=str(data), limit=limit)
+        ev = Evaluator(task, ad)
+        got.append(ev.value(dict.fromkeys(ad.modules, 1.0)))
+        ev.close()
+    assert got[0] == got[1] and got[0].n == 2
