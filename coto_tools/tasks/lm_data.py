@@ -41,7 +41,8 @@ from torch import nn
 
 from coto_tools.errors import OptionError, TaskError
 from coto_tools.tasks.base import Batch, MetricSums, Task
-from coto_tools.tasks.user import DataFormat, UserOptions, _pad, _UserBase
+from coto_tools.tasks.data_files import DataFormat
+from coto_tools.tasks.user import UserOptions, _pad, _UserBase
 
 SCORE_MASK = "score_mask"
 

@@ -28,11 +28,7 @@ configuration.
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +38,7 @@ from torch import nn
 
 from coto_tools.errors import OptionError, TaskError
 from coto_tools.tasks.base import SPLITS, Batch, MetricSums, Task
+from coto_tools.tasks.data_files import DataFormat, detect_format, read_records
 from coto_tools.tasks.prompt_head import EncodedSplit, PromptTask, freeze
 
 N_QUICK = 64
@@ -82,61 +79,10 @@ class UserOptions:
 OPTION_NAMES = tuple(f.name for f in fields(UserOptions))
 
 
-class DataFormat(str, Enum):
-    """What a data file holds, chosen by its columns (:func:`detect_format`)."""
-
-    text = "text"  # text[,label]
-    prompt_completion = "prompt,completion"
-    messages = "messages"
-    multiple_choice = "question/context,choices,answer"
-
-
-def detect_format(record: Mapping[str, Any]) -> DataFormat:
-    """The format of a data file from the columns of its first row: ``prompt``+``completion``,
-    ``messages``, ``choices``+``answer`` (with ``question`` and/or ``context``), else text."""
-    cols = set(record)
-    if {"prompt", "completion"} <= cols:
-        return DataFormat.prompt_completion
-    if "messages" in cols:
-        return DataFormat.messages
-    if {"choices", "answer"} <= cols and cols & {"question", "context"}:
-        return DataFormat.multiple_choice
-    return DataFormat.text
-
-
 @dataclass(frozen=True)
 class Row:
     text: str
     label: str | int | None
-
-
-def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` of every row of a JSONL or CSV/TSV file (with a header)."""
-    path = Path(path)
-    records: list[tuple[int, dict[str, Any]]] = []
-    try:
-        if path.suffix.lower() in (".csv", ".tsv"):
-            with path.open(newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-                if not reader.fieldnames:
-                    raise TaskError(f"{path}: needs a header row naming the columns")
-                records = [(i + 2, dict(r)) for i, r in enumerate(reader)]
-        else:
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TaskError(f"{path}:{i}: not JSON ({exc.msg}); expected JSONL") from None
-                if not isinstance(obj, dict):
-                    raise TaskError(f"{path}:{i}: expected an object with 'text' (and 'label')")
-                records.append((i, obj))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TaskError(f"{path}: cannot read: {exc}") from exc
-    if not records:
-        raise TaskError(f"{path}: no rows")
-    return records
 
 
 def read_rows(
