@@ -117,3 +117,17 @@ def test_prune_outputs_skip_what_was_not_computed(tmp_path: Path, tiny_runs: lis
     assert table.count("| none |") == 1  # requested and implied: listed once
     assert "vs all" in table and "%," not in table.split("| all |")[1].split("gain")[0]
     assert "difference to all" in table.splitlines()[0]
+
+
+def test_convergence_of_an_exact_run_is_not_a_lone_dot() -> None:
+    from coto_tools.shapley.plots import plot_convergence
+    from coto_tools.shapley.registry import estimate_shapley
+
+    weights = np.array([0.5, -0.2, 0.1])
+    res = estimate_shapley(lambda m: m.astype(float) @ weights, 3, estimator="exact")
+    fig = plot_convergence(res)
+    ax = fig.axes[0]
+    bars = sorted(p.get_width() for p in ax.patches)
+    np.testing.assert_allclose(bars, sorted(weights), atol=1e-12)  # additive game: phi = w
+    assert not [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 1]
+    plt.close(fig)

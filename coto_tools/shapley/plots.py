@@ -162,6 +162,15 @@ def plot_convergence(result: ShapleyResult, ax: Axes | None = None, *, top: int 
     tr = result.trace
     names = result.player_names or tuple(str(i) for i in range(result.n_players))
     order = np.argsort(-np.abs(result.values))[:top]
+    if len(tr.evaluations) < 2:  # one estimate (exact): no running curve to draw
+        y = np.arange(len(order))[::-1]
+        ax.barh(y, result.values[order], color="0.55")
+        ax.set_yticks(y, [_short(names[i]) for i in order], fontsize=7)
+        ax.axvline(0.0, color="grey", lw=0.6)
+        ax.set_xlabel(f"Shapley value ({result.metric})")
+        ax.set_title(f"{result.estimator}: {result.evaluations} evaluations, one final estimate "
+                     f"(top {len(order)} players)", fontsize=9)  # fmt: skip
+        return fig
     for i in order:
         est = tr.estimates[:, i]
         (line,) = ax.plot(tr.evaluations, est, marker="." if len(est) < 3 else None, lw=1.2,
