@@ -27,6 +27,10 @@ eligible: ``gain_min >= 0.10`` and ``top <= 0.95`` and ``prune_drop >= 0.02``; p
 eligible candidate with the largest ``gain_min``; candidates within 0.02 of that are tied and
 the tie goes to the lowest ``top``. No eligible candidate: the largest ``gain_min`` (said so).
 
+This rule picks the task variant; the number of training steps is set afterwards by the
+plateau rule (``benchmarks/bench_plateau.py``, ``coto_tools.tasks.presets.PlateauRule``), which
+reads training losses only, for both methods alike.
+
 Rerun (the default preset's numbers in coto_tools/tasks/presets.py came from):
     python benchmarks/bench_presets.py --seeds 1 --steps 120 --batch-size 16 --max-tokens 48
     python benchmarks/bench_presets.py --candidates <two best> --seeds 1 2 --merge

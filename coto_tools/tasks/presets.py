@@ -7,7 +7,8 @@ ceiling).
 and the recommended ``steps`` / ``batch_size`` / ``lr``; ``DEFAULT_PRESET.train_config(method,
 seed)`` builds the :class:`~coto_tools.train.TrainConfig`. :data:`MEASURED` holds the numbers of
 every candidate that was measured (eval split, 400 documents) and :class:`HeadroomRule` the rule
-that picked the preset, fixed before LoRA and CoTo were compared.
+that picked the preset, fixed before LoRA and CoTo were compared; :class:`PlateauRule` sets
+the training length from training losses alone (:data:`PLATEAU`).
 """
 
 from __future__ import annotations
@@ -302,6 +303,9 @@ def measured_rows(names: Iterable[str] | None = None) -> dict[str, dict[str, Any
 
 
 PRESET_NAME = "e-shots16-letters"
+# The variant by HeadroomRule; the steps by PlateauRule (benchmarks/bench_plateau.py --preset
+# default: at 80 steps CoTo's training loss still fell by 0.023 over the last tenth, at 120 both
+# methods' losses had plateaued; results in benchmarks/results/plateau_bbc-topic_default.json).
 DEFAULT_PRESET = Preset(
     name=PRESET_NAME,
     task="bbc-topic",
