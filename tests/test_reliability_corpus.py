@@ -367,6 +367,10 @@ C(
     f"shapley ck --task-plugin plug_data.py:make --data d.jsonl --out d.jsonl {Q}",
     "d.jsonl",
 )
+C("loss", "shapley-two-out-is-input", f"shapley runs/ck0 runs/ck1 --out runs/ck0 {Q}",
+  "is the input")  # fmt: skip
+C("loss", "shapley-two-out-parent", f"shapley runs/ck0 runs/ck1 --out runs {Q}",
+  "contains the input")  # fmt: skip
 C("loss", "prune-out-is-input", f"prune ck --out ck {Q}", "is the input")
 C("loss", "prune-out-parent", f"prune runs/ck0 runs/ck1 --out runs {Q}", "contains the input")
 C("loss", "lmc-out-is-input", f"lmc runs/ck0 runs/ck1 --out runs/ck0 {Q}", "is the input")

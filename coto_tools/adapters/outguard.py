@@ -16,6 +16,7 @@ written, since replacing a link replaces the link):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -168,6 +169,15 @@ def task_files(spec: str | None) -> list[Path]:
         plugin = opts.get("spec")
         if isinstance(plugin, str) and ".py:" in plugin:
             found.append(Path(plugin.rpartition(":")[0]))
+        elif isinstance(plugin, str) and ":" in plugin:  # module:function, a top-level module
+            module = plugin.rpartition(":")[0]
+            if module.isidentifier():  # found without importing (no package code runs)
+                try:
+                    origin = getattr(importlib.util.find_spec(module), "origin", None)
+                except (ImportError, ValueError):
+                    origin = None
+                if origin and Path(origin).is_file():
+                    found.append(Path(origin))
         visit(opts.get("options"))
 
     visit(options)

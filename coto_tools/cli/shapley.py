@@ -158,6 +158,14 @@ def shapley_cmd(
     apply_threads(threads)
     quiet_loading(quiet)
     if several:
+        from coto_tools.adapters.outguard import check_output
+
+        head = checkpoints[0] if checkpoints[0].name not in ("", "..") else checkpoints[0].resolve()
+        check_output(  # the combined figure's folder, checked before any run
+            out if out is not None else head.parent / "shapley_compare",
+            checkpoints,
+            replaces=False,
+        )
         runs = shapley_runs(checkpoints, config, progress=not quiet, executor=run_on)
     else:
         runs = [shapley_run(checkpoints[0], config, progress=not quiet, executor=run_on)]
