@@ -506,3 +506,32 @@ def test_csv_multiple_choice_equals_jsonl(env: dict[str, Path], tmp_path: Path) 
         got.append(ev.value(dict.fromkeys(ad.modules, 1.0)))
         ev.close()
     assert got[0] == got[1] and got[0].n == 2
+
+
+def test_bert_dense_adapter_matches_peft(env: dict[str, Path]) -> None:
+    """The BERT adapter with a pooler branch (player 'other'): v(N) equals PEFT's forward."""
+    import warnings
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    spec = {
+        "base_model": str(env["bert"]),
+        "data": str(env["csv"]),
+        "head_from": str(env["bert_ad"]),
+    }
+    task = get_task("user", **spec)
+    ad = load_adapter(env["bert_ad"])
+    ev = Evaluator(task, ad)
+    full = ev.value(dict.fromkeys(ad.modules, 1.0))
+    ev.close()
+    base = AutoModelForSequenceClassification.from_pretrained(str(env["bert"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = PeftModel.from_pretrained(base, str(env["bert_ad"])).eval()
+    lps = []
+    for b in task.batches("eval"):
+        with torch.no_grad():
+            logits = pm(**b.inputs).logits.double()
+        lps.append(torch.log_softmax(logits, -1).gather(1, b.labels.view(-1, 1))[:, 0])
+    assert math.isclose(full.logprob, float(torch.cat(lps).mean()), rel_tol=1e-5)
