@@ -144,6 +144,7 @@ def test_other_settings_in_the_same_dir_are_refused(quick_dir: Path, tmp_path: P
 
     copy = tmp_path / "copy"
     shutil.copytree(quick_dir / "train", copy / "train")
+    shutil.copy(quick_dir / "reproduce.json", copy / "reproduce.json")  # a reproduction folder
     with pytest.raises(OptionError, match="trained with other settings.*steps"):
         reproduce(ReproduceConfig(out=copy, task="tiny", quick=True, steps=7), progress=False)
 
