@@ -20,7 +20,6 @@ from typing import Any
 
 from coto_tools.adapters.outguard import check_output
 from coto_tools.errors import OptionError
-from coto_tools.threads import cpu_time_s
 from coto_tools.reproduce.analyses import lmc_stage, main_runs, prune_stage, shapley_stage
 from coto_tools.reproduce.config import Preset, ReproduceConfig
 from coto_tools.reproduce.merging import cross_stage, merge_stage
@@ -29,6 +28,7 @@ from coto_tools.reproduce.stage import Stage, read_json, say, write_json
 from coto_tools.reproduce.training import Run, train_stage
 from coto_tools.reproduce.workbench import Workbench
 from coto_tools.runtime.executor import local_device, local_dtype
+from coto_tools.threads import cpu_time_s
 
 META_FORMAT = "coto-tools/reproduce"
 
