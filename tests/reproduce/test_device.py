@@ -41,6 +41,7 @@ def _with_training_of(default_run: Path, out: Path) -> Path:
     """A fresh reproduction dir holding the default run's finished training (stages redone)."""
     out.mkdir(parents=True)
     shutil.copytree(default_run / "train", out / "train")
+    shutil.copy(default_run / "reproduce.json", out / "reproduce.json")  # for the output guard
     return out
 
 
