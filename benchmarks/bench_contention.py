@@ -47,6 +47,7 @@ def lane_command(lane: str, task: str, out: Path) -> tuple[list[str], dict[str, 
     """The CLI command line and environment of one lane."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("OMP_WAIT_POLICY", None)
+    env.pop("COTO_TOOLS_THREADS", None)  # the lanes choose the threads
     if lane == "auto":
         threads = "0"
     elif lane.startswith("spin-"):

@@ -12,7 +12,8 @@ the default from collapsing under contention:
    ``/proc/stat`` over a short window; the 1-minute load average where that file is missing)
    and uses that many threads, at least one.
 
-``--threads N`` on every command overrides the choice; ``0`` means :func:`auto_threads`.
+``--threads N`` on every command overrides the choice; ``0`` means the environment variable
+``COTO_TOOLS_THREADS`` when it is set (e.g. in CI or tests), else :func:`auto_threads`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from coto_tools.errors import OptionError
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
+THREADS_ENV = "COTO_TOOLS_THREADS"
 
 
 def passive_waiting(environ: dict[str, str] | None = None) -> bool:
@@ -58,7 +60,7 @@ def _cpu_times() -> tuple[float, float] | None:
     return sum(vals) - idle, sum(vals)
 
 
-def busy_cpus(window_s: float = 0.25) -> float:
+def busy_cpus(window_s: float = 0.1) -> float:
     """How many CPUs other work keeps busy now: ``/proc/stat`` over ``window_s`` seconds
     (this process sleeps meanwhile, so the busy time is other processes'), else the 1-minute
     load average, else 0."""
@@ -87,14 +89,26 @@ def auto_threads(*, cpus: int | None = None, busy: float | None = None) -> int:
     return max(1, min(n, n - taken))
 
 
+def env_threads() -> int | None:
+    """``COTO_TOOLS_THREADS`` as a positive int (``None`` if unset); :class:`OptionError` if
+    it is set to anything else."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise OptionError(f"{THREADS_ENV}={raw!r}: expected a positive integer")
+    return int(raw)
+
+
 def set_threads(threads: int = 0) -> int:
-    """Set torch's intra-op threads: ``threads`` if > 0, else :func:`auto_threads`. Returns the
-    number set. Call it before heavy work (torch starts its pool on first use)."""
+    """Set torch's intra-op threads: ``threads`` if > 0, else :func:`env_threads`, else
+    :func:`auto_threads`. Returns the number set. Call it before heavy work (torch starts its
+    pool on first use)."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise OptionError(f"--threads must be an integer >= 0 (0: automatic), got {threads!r}")
     import torch
 
-    n = threads or auto_threads()
+    n = threads or env_threads() or auto_threads()
     torch.set_num_threads(n)
     return n
 

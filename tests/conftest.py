@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("COTO_TOOLS_THREADS", "1")  # the CLI's thread default in tests (main())
 
 import pytest  # noqa: E402  (environment must be set before the imports below)
 import torch  # noqa: E402

@@ -44,12 +44,18 @@ def test_cli_import_leaves_torch_unloaded() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_set_threads() -> None:
+def test_set_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     try:
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("COTO_TOOLS_THREADS", raising=False)
         n = set_threads(0)
         assert n >= 1 and torch.get_num_threads() == n
+        monkeypatch.setenv("COTO_TOOLS_THREADS", "3")
+        assert set_threads(0) == 3 and set_threads(2) == 2  # the option wins over the variable
+        monkeypatch.setenv("COTO_TOOLS_THREADS", "many")
+        with pytest.raises(OptionError, match="COTO_TOOLS_THREADS"):
+            set_threads(0)
         with pytest.raises(OptionError, match="--threads"):
             set_threads(-1)
     finally:
