@@ -7,6 +7,7 @@ dtype, or a hand computation on the word-level tokenizer (a text's ids are its w
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -379,6 +380,55 @@ def test_cli_players_map(env: dict[str, Path], capsys, tmp_path: Path) -> None: 
         "model.layers.1.self_attn.q_proj",
         "model.layers.1.self_attn.v_proj",
     ]
+
+
+def test_prune_ranks_the_players_of_a_players_map(  # type: ignore[no-untyped-def]
+    env: dict[str, Path], capsys, tmp_path: Path
+) -> None:
+    """prune --players-map: a shapley.csv of map players drives shapley-top/-bottom (the kept
+    modules are the members of the best/worst player) and the Shapley sweeps."""
+    pmap = tmp_path / "map.json"
+    pmap.write_text(json.dumps({r"\.mlp\.": "mlp", r"layers\.0\.": "attn0"}))
+    csv_path = tmp_path / "shapley.csv"
+    csv_path.write_text("player,value\nattn0,0.1\nmlp,0.5\nother,-0.2\n")
+    ck = str(env["llama_ad"])
+
+    def kept(strategy: str) -> list[str]:
+        out = tmp_path / strategy.replace(":", "_")
+        code, _, err = _run(["prune", ck, "--write-pruned", strategy, "--shapley", str(csv_path),
+                             "--players-map", str(pmap), "--out", str(out)], capsys)  # fmt: skip
+        assert code == 0, err
+        return json.loads((out / "coto_provenance.json").read_text())["pruned"]["kept"]
+
+    assert kept("shapley-top:0.34") == ["model.layers.0.mlp.down_proj",
+                                        "model.layers.1.mlp.down_proj"]  # fmt: skip
+    assert kept("shapley-bottom:0.34") == ["model.layers.1.self_attn.q_proj",
+                                           "model.layers.1.self_attn.v_proj"]  # fmt: skip
+    assert kept("shapley-top:0.67") == ["model.layers.0.self_attn.q_proj",
+                                        "model.layers.0.self_attn.v_proj",
+                                        "model.layers.0.mlp.down_proj",
+                                        "model.layers.1.mlp.down_proj"]  # fmt: skip
+    out = tmp_path / "prune"
+    user = ["--data", str(env["pc"]), "--base-model", str(env["llama"]), "--quiet"]
+    code, _, err = _run(
+        ["prune", ck, "--strategies", "shapley-top:0.34,shapley-bottom:0.34", "--shapley",
+         str(csv_path), "--players-map", str(pmap), "--no-rank-sweep", "--steps", "3",
+         "--seeds", "0", "--metric", "logprob", "--out", str(out), *user],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = {r["strategy"]: r for r in csv.DictReader((out / "prune.csv").open())}
+    assert rows["shapley-top:0.34"]["adapters_kept"] == "2"
+    curves = list(csv.DictReader((out / "prune_curves.csv").open()))
+    asc = [r for r in curves if r["curve"] == "shapley-asc"]
+    assert [r["players_total"] for r in asc][:1] == ["3"]  # three map players, not six modules
+    # without the map the CSV's players match no grouping; the map alone has nothing to rank
+    code, _, err = _run(["prune", ck, "--write-pruned", "shapley-top:0.5", "--shapley",
+                         str(csv_path), "--out", str(tmp_path / "x")], capsys)  # fmt: skip
+    assert code == 2 and "needs the same --players-map" in err
+    code, _, err = _run(["prune", ck, "--players-map", str(pmap), "--strategies", "all",
+                         "--out", str(tmp_path / "y"), *user], capsys)  # fmt: skip
+    assert code == 2 and "--players-map names the players of --shapley values" in err
 
 
 def test_memory_estimate_counts_model_and_batch(env: dict[str, Path]) -> None:

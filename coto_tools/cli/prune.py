@@ -54,6 +54,12 @@ def prune_cmd(
         "--shapley",
         help="shapley.csv (player,value,...): one for all checkpoints or one each.",
     ),
+    players_map: Path | None = typer.Option(
+        None,
+        "--players-map",
+        help='JSON {"regex": "player", ...} the --shapley values were computed with (shapley '
+        "--players-map): shapley-top/-bottom and the Shapley sweeps rank those players.",
+    ),
     steps: int = typer.Option(_D.steps, "--steps", help="Fraction-sweep steps from 0 to 1."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of random strategies and orders."),
     ranks: str | None = typer.Option(
@@ -106,6 +112,7 @@ def prune_cmd(
             shapley=shapley[0] if shapley else None,
             seed=seed_list[0] if seed_list else 0,
             force=force,
+            players_map=players_map,
         )
         typer.echo(f"{path}: kept {len(kept)} adapter module(s) ({write_pruned})")
         return
@@ -132,6 +139,7 @@ def prune_cmd(
         shapley=tuple(shapley or ()),
         out=out,
         force=force,
+        players_map=players_map,
     )
     check_outputs(config)
     result = run_prune(config, progress=not quiet, executor=run_on)

@@ -9,6 +9,7 @@ from typing import Any
 from coto_tools.adapters.atomic import atomic_path, atomic_write_text
 from coto_tools.adapters.io import load_adapter, save_adapter
 from coto_tools.adapters.outguard import check_output, task_files
+from coto_tools.adapters.players import read_players_map
 from coto_tools.errors import OptionError, OutputExistsError
 from coto_tools.prune.report import write_report
 from coto_tools.prune.run import (
@@ -34,6 +35,7 @@ def check_outputs(config: PruneConfig) -> Path:
     """The output folder, refused when it holds outputs of ours and ``force`` is not set."""
     out = config.out_dir()
     inputs = [*config.checkpoints, *config.shapley, *task_files(config.task)]
+    inputs += [config.players_map] if config.players_map is not None else []
     check_output(out, inputs, replaces=False, inside_ok=True)
     existing = [f for f in OUTPUT_FILES if (out / f).exists()]
     if existing and not config.force:
@@ -98,23 +100,32 @@ def write_pruned(
     shapley: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
+    players_map: str | Path | None = None,
 ) -> tuple[Path, list[str]]:
     """Save the modules of ``checkpoint`` that ``strategy`` keeps as a PEFT adapter at ``out``
-    (atomic; an existing ``out`` is refused unless ``force``). Returns ``(out, kept)``."""
+    (atomic; an existing ``out`` is refused unless ``force``). Returns ``(out, kept)``.
+    ``players_map``: the ``--players-map`` file the ``shapley`` values were computed with."""
     s = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     out = Path(out)
-    check_output(out, [checkpoint, shapley], force=force, replaces=True)
+    check_output(out, [checkpoint, shapley, players_map], force=force, replaces=True)
     if s.kind.value.startswith("shapley") and shapley is None:
         raise OptionError(f"strategy {s.name} needs --shapley shapley.csv")
     if shapley is not None and not Path(shapley).is_file():
         raise OptionError(f"--shapley: no such file: {shapley}")
+    pmap = None
+    if players_map is not None:
+        if shapley is None:
+            raise OptionError("--players-map names the players of --shapley values; give --shapley")
+        pmap = read_players_map(players_map)
     adapter = load_adapter(checkpoint)
     values = None
     if shapley is not None:
         values = read_shapley_csv(shapley)
-        check_shapley_players(shapley, adapter.names, values)
+        check_shapley_players(shapley, adapter.names, values, pmap)
     norms = {n: m.delta_norm() for n, m in adapter.modules.items()}
-    kept = select_strategy(adapter.names, s, shapley=values, norms=norms, seed=seed)
+    kept = select_strategy(
+        adapter.names, s, shapley=values, norms=norms, seed=seed, players_map=pmap
+    )
     if not kept:
         raise OptionError(f"strategy {s.name} keeps no adapter of {checkpoint}; nothing to write")
     pruned = adapter.subset(kept)

@@ -55,7 +55,10 @@ class PruneConfig:
     """One ``coto-tools prune`` run. ``labels``: one per checkpoint, or empty for each
     ``coto.json``'s method; ``shapley``: one ``shapley.csv`` for all checkpoints or one per
     checkpoint; ``strategies``: names (see :mod:`coto_tools.prune.strategies`), ``None`` for
-    the paper's eight; ``ranks``: ``None`` for ``r, r/2, ..., 1``."""
+    the paper's eight; ``ranks``: ``None`` for ``r, r/2, ..., 1``; ``players_map``: the
+    ``--players-map`` JSON file (``{regex: player}``) the ``shapley`` values were computed
+    with, whose players the Shapley strategies and sweeps then rank (see
+    :func:`~coto_tools.adapters.players.players_from_map`)."""
 
     checkpoints: tuple[Path, ...]
     labels: tuple[str, ...] = ()
@@ -71,10 +74,13 @@ class PruneConfig:
     shapley: tuple[Path, ...] = ()
     out: Path | None = None
     force: bool = False
+    players_map: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoints", tuple(Path(p) for p in self.checkpoints))
         object.__setattr__(self, "shapley", tuple(Path(p) for p in self.shapley))
+        if self.players_map is not None:
+            object.__setattr__(self, "players_map", Path(self.players_map))
         if not self.checkpoints:
             raise OptionError("no checkpoints given: coto-tools prune CKPT [CKPT ...]")
         if len(set(self.checkpoints)) != len(self.checkpoints):
@@ -105,6 +111,20 @@ class PruneConfig:
         needs = [s.name for s in self.strategy_list() if s.kind.value.startswith("shapley")]
         if needs and not self.shapley:
             raise OptionError(f"strategy {needs[0]} needs --shapley shapley.csv")
+        if self.players_map is not None:
+            if not self.shapley:
+                raise OptionError(
+                    "--players-map names the players of --shapley values; give --shapley "
+                    "shapley.csv (the other strategies choose modules, not players)"
+                )
+            if not self.players_map.is_file():
+                raise OptionError(f"--players-map: no such file: {self.players_map}")
+
+    def read_players_map(self) -> dict[str, str] | None:
+        """``{regex: player}`` of :attr:`players_map` (``None`` without one)."""
+        from coto_tools.adapters.players import read_players_map
+
+        return None if self.players_map is None else read_players_map(self.players_map)
 
     def strategy_list(self) -> list[Strategy]:
         return parse_strategies(self.strategies, seeds=self.seeds)
@@ -182,11 +202,14 @@ def read_shapley_csv(path: str | Path) -> dict[str, float]:
 
 
 def check_shapley_players(
-    path: str | Path, names: Sequence[str], values: Mapping[str, float]
+    path: str | Path,
+    names: Sequence[str],
+    values: Mapping[str, float],
+    players_map: Mapping[str, str] | None = None,
 ) -> None:
     """:func:`resolve_players` with the ``shapley.csv`` named in the error."""
     try:
-        resolve_players(names, values)
+        resolve_players(names, values, players_map=players_map)
     except OptionError as exc:
         raise OptionError(f"--shapley {path}: {exc}") from None
 
@@ -273,17 +296,18 @@ def prune_checkpoint(
     task = resolve_task(config.task, path, rec, get_task)
     names = adapter.names
     shapley = None
+    pmap = config.read_players_map()
     if config.shapley:
         csv_path = config.shapley[min(index, len(config.shapley) - 1)]
         shapley = read_shapley_csv(csv_path)
-        check_shapley_players(csv_path, names, shapley)  # fails early, naming the mismatch
+        check_shapley_players(csv_path, names, shapley, pmap)  # fails early, naming the mismatch
     norms = {n: m.delta_norm() for n, m in adapter.modules.items()}
     explicit = config.strategies is not None
     notes: list[str] = []
     plan: list[Strategy] = []
     for s in config.strategy_list():
         try:
-            select_strategy(names, s, shapley=shapley, norms=norms)
+            select_strategy(names, s, shapley=shapley, norms=norms, players_map=pmap)
         except OptionError as exc:
             if (
                 explicit
@@ -312,12 +336,14 @@ def prune_checkpoint(
         bar.update(2)
         results = []
         for s in plan:
-            kept = select_strategy(names, s, shapley=shapley, norms=norms)
+            kept = select_strategy(names, s, shapley=shapley, norms=norms, players_map=pmap)
             results.append(StrategyResult(s, tuple(kept), ev.value(_gates(names, kept))))
             bar.update(1)
         curves = []
         for order, seed in orders:
-            ordering = removal_order(names, order, shapley=shapley, norms=norms, seed=seed or 0)
+            ordering = removal_order(
+                names, order, shapley=shapley, norms=norms, seed=seed or 0, players_map=pmap
+            )
             name = order.value if seed is None else f"random/seed{seed}"
             curves.append(fraction_sweep(ev, ordering, config.steps, name=name, seed=seed))
             bar.update(1)

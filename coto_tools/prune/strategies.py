@@ -30,7 +30,7 @@ from enum import Enum
 import numpy as np
 
 from coto_tools.adapters.keys import ModuleKey, parse_module_name, strip_peft_prefix
-from coto_tools.adapters.players import Players, make_players
+from coto_tools.adapters.players import Players, make_players, players_from_map
 from coto_tools.errors import OptionError
 
 
@@ -254,11 +254,28 @@ def _by_kind(keys: Sequence[ModuleKey], want: str) -> list[str]:
     return kept
 
 
-def resolve_players(module_names: Iterable[str], player_names: Iterable[str]) -> Players:
+def resolve_players(
+    module_names: Iterable[str],
+    player_names: Iterable[str],
+    *,
+    players_map: Mapping[str, str] | None = None,
+) -> Players:
     """The grouping (module, layer, kind or tower) whose player names are exactly
-    ``player_names`` (e.g. the ``player`` column of ``shapley.csv``)."""
+    ``player_names`` (e.g. the ``player`` column of ``shapley.csv``); with ``players_map``
+    (``{regex: player}``, ``--players-map``), the players that map defines
+    (:func:`~coto_tools.adapters.players.players_from_map`), which must be exactly those."""
     mods = list(module_names)
     want = {strip_peft_prefix(p) for p in player_names}
+    if players_map is not None:
+        mapped = players_from_map(mods, players_map)
+        if set(mapped.names) == want:
+            return mapped
+        missing, extra = sorted(set(mapped.names) - want), sorted(want - set(mapped.names))
+        raise OptionError(
+            f"the Shapley players ({len(want)}) are not the {len(mapped)} players of the "
+            f"players map: no value for {missing[:3]}, unknown {extra[:3]} (was the Shapley run "
+            "made with this --players-map?)"
+        )
     tried = []
     for grouping in ("module", "layer", "kind", "tower"):
         try:
@@ -271,7 +288,8 @@ def resolve_players(module_names: Iterable[str], player_names: Iterable[str]) ->
     extra = sorted(want - set(mods))[:3]
     raise OptionError(
         f"the Shapley players ({len(want)}, e.g. {sorted(want)[:3]}) match no grouping of the "
-        f"adapter's {len(mods)} modules (tried {', '.join(tried)}); unmatched e.g. {extra}"
+        f"adapter's {len(mods)} modules (tried {', '.join(tried)}); unmatched e.g. {extra}; "
+        "a Shapley run made with --players-map needs the same --players-map here"
     )
 
 
@@ -296,13 +314,15 @@ def select_strategy(
     shapley: Mapping[str, float] | None = None,
     norms: Mapping[str, float] | None = None,
     seed: int = 0,
+    players_map: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The adapter modules ``strategy`` keeps, in tower/layer/kind order.
 
-    ``shapley``: player -> Shapley value (players may be modules, layers, kinds or towers; see
-    :func:`resolve_players`); ``norms``: module -> ``||ΔW||_F``; ``seed`` for ``random`` when the
-    strategy carries none. Raises :class:`OptionError` when the layout lacks what the strategy
-    needs (layer indices, kinds) or an input is missing.
+    ``shapley``: player -> Shapley value (players may be modules, layers, kinds or towers, or
+    the players of ``players_map``, ``{regex: player}``; see :func:`resolve_players`);
+    ``norms``: module -> ``||ΔW||_F``; ``seed`` for ``random`` when the strategy carries none.
+    Raises :class:`OptionError` when the layout lacks what the strategy needs (layer indices,
+    kinds) or an input is missing.
     """
     s = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     names = list(module_names)
@@ -322,7 +342,7 @@ def select_strategy(
     if s.kind in (StrategyKind.shapley_top, StrategyKind.shapley_bottom):
         if shapley is None:
             raise OptionError(f"strategy {s.name} needs Shapley values (--shapley shapley.csv)")
-        players = resolve_players(names, shapley)
+        players = resolve_players(names, shapley, players_map=players_map)
         vals = {strip_peft_prefix(p): v for p, v in shapley.items()}
         order = _ranked(players, vals, "shapley")
         if s.kind is StrategyKind.shapley_bottom:

@@ -57,15 +57,17 @@ def removal_order(
     shapley: Mapping[str, float] | None = None,
     norms: Mapping[str, float] | None = None,
     seed: int = 0,
+    players_map: Mapping[str, str] | None = None,
 ) -> list[tuple[str, ...]]:
     """Players (tuples of module names) in the order ``order`` removes them. Ties keep the
-    players' tower/layer/kind order."""
+    players' tower/layer/kind order. ``players_map``: the ``{regex: player}`` map the Shapley
+    values were computed with (``--players-map``), if any."""
     o = SweepOrder(order)
     players: Players
     if o in (SweepOrder.shapley_asc, SweepOrder.shapley_desc):
         if shapley is None:
             raise OptionError(f"sweep {o.value} needs Shapley values (--shapley shapley.csv)")
-        players = resolve_players(module_names, shapley)
+        players = resolve_players(module_names, shapley, players_map=players_map)
         scores = {p.removeprefix("base_model.model."): float(v) for p, v in shapley.items()}
         vals = np.array([scores[p] for p in players.names])
         idx = np.argsort(vals if o is SweepOrder.shapley_asc else -vals, kind="stable")
