@@ -9,8 +9,9 @@ written, since replacing a link replaces the link):
 * it lies inside an input, unless ``inside_ok`` (the analysis commands put their own new
   folder, e.g. ``<run>/shapley/``, inside a run directory: they never replace a file there);
 * it exists and would be replaced as a whole (``replaces``: an adapter, a run directory), and
-  either ``force`` is not given or the existing thing is not something coto-tools wrote
-  (:func:`coto_written`): ``--force`` never replaces anything else, whatever the flags;
+  either ``force`` is not given or the existing thing is neither something coto-tools wrote
+  (:func:`coto_written`) nor an empty folder: ``--force`` never replaces anything else,
+  whatever the flags;
 * it exists, is not a directory, and the command writes a folder of files (``replaces`` false).
 """
 
@@ -93,6 +94,13 @@ def coto_written(path: str | Path) -> bool:
     return False
 
 
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
 def check_output(
     out: str | Path,
     inputs: Iterable[str | Path | None] = (),
@@ -138,6 +146,8 @@ def check_output(
         return out
     if not force:
         raise OutputExistsError(f"{out}: output exists; pass --force to overwrite it")
+    if _empty_dir(out):  # nothing there to lose
+        return out
     if not coto_written(out):
         raise OutputExistsError(
             f"{out}: exists and was not written by coto-tools; --force replaces only "
