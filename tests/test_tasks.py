@@ -206,3 +206,32 @@ def test_cli_tasks_lists_and_caches_zero_shot(tmp_path, monkeypatch, capsys) -> 
     with pytest.raises(SystemExit) as exc:
         main(["tasks", "tiny", "-o", "shots"])
     assert exc.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cli_tasks_zero_shot_in_a_dtype(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """tasks --dtype bfloat16 measures the zero-shot accuracy on a bfloat16 base and caches it
+    apart from float32's (whose cache key is the one it had before --dtype existed)."""
+    import json
+
+    from coto_tools.cli import main
+    from coto_tools.tasks.catalog import ZERO_SHOT_FILE
+
+    monkeypatch.setenv("COTO_TOOLS_CACHE", str(tmp_path))
+    main(["tasks", "tiny", "--json", "--dtype", "bf16"])
+    (info,) = json.loads(capsys.readouterr().out)
+    task = get_task("tiny")
+    bf16 = evaluate(task, task.build_model_in(torch.bfloat16))
+    assert (info["zero_shot"]["accuracy"], info["zero_shot"]["logprob"]) == (
+        bf16.accuracy,
+        pytest.approx(bf16.logprob, rel=1e-6),
+    )
+    (key,) = json.loads((tmp_path / ZERO_SHOT_FILE).read_text())
+    assert json.loads(key) == {
+        "task": "tiny", "variant": {}, "sizes": task.split_sizes(), "dtype": "bfloat16"
+    }  # fmt: skip
+    main(["tasks", "tiny", "--json", "--no-zero-shot", "--dtype", "auto"])  # auto = float32
+    (info,) = json.loads(capsys.readouterr().out)
+    assert info["zero_shot"] is None  # the bfloat16 entry is not shown as float32's
+    with pytest.raises(SystemExit) as exc:
+        main(["tasks", "tiny", "--dtype", "int4"])
+    assert exc.value.code == 2 and "--dtype 'int4'" in capsys.readouterr().err

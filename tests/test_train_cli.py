@@ -112,6 +112,42 @@ def test_same_seed_same_bytes_through_the_cli(tmp_path, capsys) -> None:
     ).read_text()
 
 
+def test_train_dtype(tmp_path, capsys) -> None:
+    """--dtype bfloat16 trains on a bfloat16 base (float32 adapter; recorded metrics are a
+    bfloat16 evaluation of it); auto is float32 on the CPU, the same run bit for bit as no flag,
+    and float32 stays out of the recorded config (older runs compare equal)."""
+    from safetensors.torch import load_file
+
+    from coto_tools.reproduce.commands import train_command
+    from coto_tools.runtime.evaluator import Evaluator
+
+    args = ["train", "--task", "tiny", "--steps", "12", "--quiet"]
+    runs = {"plain": [], "auto": ["--dtype", "auto"], "bf16": ["--dtype", "bf16"]}
+    for name, extra in runs.items():
+        code, _, err = _run([*args, *extra, "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+    weights = {n: (tmp_path / n / "adapter_model.safetensors").read_bytes() for n in runs}
+    assert weights["auto"] == weights["plain"] != weights["bf16"]
+    plain = json.loads((tmp_path / "plain" / "coto.json").read_text())
+    rec = json.loads((tmp_path / "bf16" / "coto.json").read_text())
+    assert plain["dtype"] == "float32" and "dtype" not in plain["config"]
+    assert rec["dtype"] == rec["config"]["dtype"] == "bfloat16"
+    saved = load_file(str(tmp_path / "bf16" / "adapter_model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    adapter, task, _ = load_run(tmp_path / "bf16")
+    ev = Evaluator(task, adapter, split=rec["eval_split"], dtype="bfloat16")
+    try:
+        assert ev.dtype == torch.bfloat16
+        again = ev.value(dict.fromkeys(adapter.modules, 1.0))
+    finally:
+        ev.close()
+    assert again.as_dict() == pytest.approx(rec["metrics"], rel=1e-6)
+    assert "--dtype bfloat16" in train_command(rec["config"], "x")
+    assert "--dtype" not in train_command(plain["config"], "x")
+    code, _, err = _run([*args, "--dtype", "int4", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "--dtype 'int4'" in err and not (tmp_path / "bad").exists()
+
+
 def test_train_inspect_merge_round_trip(tmp_path, capsys) -> None:
     for seed in (0, 1):
         code, _, err = _run(

@@ -23,6 +23,12 @@ def tasks_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     threads: int = THREADS,
+    dtype: str = typer.Option(
+        "auto",
+        "--dtype",
+        help="Base model dtype for the zero-shot accuracy: auto (float32: measured on the CPU), "
+        "float32, bfloat16 or float16; each dtype is cached on its own.",
+    ),
 ) -> None:
     """List tasks: train/eval/quick sizes, labels, zero-shot accuracy (measured once, then
     cached), and the measured default preset (zero-shot and trained accuracy)."""
@@ -30,7 +36,9 @@ def tasks_cmd(
 
     if zero_shot:
         apply_threads(threads)
-    infos = describe_tasks(names or None, variant=parse_options(option), zero_shot=zero_shot)
+    infos = describe_tasks(
+        names or None, variant=parse_options(option), zero_shot=zero_shot, dtype=dtype
+    )
     if as_json:
         typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
     else:

@@ -59,6 +59,13 @@ def train_cmd(
         None, "--shots", help="Few-shot: K training examples per class."
     ),
     eval_split: str = typer.Option(_D.eval_split, "--eval-split", help="eval or quick."),
+    dtype: str = typer.Option(
+        "auto",
+        "--dtype",
+        help="Base model dtype while training: auto (float32: training runs on the CPU), "
+        "float32, bfloat16 or float16. The adapter stays float32 (its branches run in float32, "
+        "as in PEFT); the recorded metrics are measured in this dtype.",
+    ),
     force: bool = typer.Option(
         False, "--force", help="Replace DIR if it exists and coto-tools wrote it."
     ),
@@ -97,13 +104,15 @@ def train_cmd(
         group=group,
         lora_dropout=lora_dropout,
         eval_split=eval_split,
+        dtype=dtype,
     )
     apply_threads(threads)
     result = train(config, progress=not quiet)
     result.save(out, force=force)
     m, z = result.metrics, result.zero_shot
     typer.echo(
-        f"{out}: {config.method.value} seed {config.seed}, {config.steps} steps in "
+        f"{out}: {config.method.value} seed {config.seed}, {config.steps} steps "
+        f"({config.dtype}) in "
         f"{result.wall_time_s:.1f} s; {config.eval_split} accuracy {m.accuracy:.4f} "
         f"(zero-shot {z.accuracy:.4f}), loss {m.loss:.4f} (zero-shot {z.loss:.4f})"
     )

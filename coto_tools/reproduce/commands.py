@@ -48,6 +48,8 @@ def train_command(config: Mapping[str, Any], out: str) -> str:
         parts += [flag, cfg[field]]
     if cfg.get("targets"):
         parts += ["--targets", ",".join(cfg["targets"])]
+    if cfg.get("dtype"):  # only when not float32 (TrainConfig.as_dict leaves the default out)
+        parts += ["--dtype", cfg["dtype"]]
     if shots is not None:
         parts += ["--shots", shots]
     parts += ["--out", out]

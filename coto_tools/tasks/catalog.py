@@ -4,7 +4,7 @@ Zero-shot accuracy = the base model with no adapter on the ``eval`` split. Compu
 full evaluation (seconds for the BBC tasks), so it is computed only on request and then kept in
 ``<cache dir>/zero_shot.json`` (cache dir: ``$COTO_TOOLS_CACHE``, else
 ``$XDG_CACHE_HOME/coto-tools``, else ``~/.cache/coto-tools``), keyed by task name, options and
-split sizes.
+split sizes (and the dtype, when not float32: ``--dtype``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from coto_tools.adapters.atomic import atomic_write_text
 from coto_tools.errors import OptionError
+from coto_tools.runtime.dtype import dtype_name, resolve_dtype
 from coto_tools.tasks import get_task, list_tasks
 from coto_tools.tasks.base import Metrics, Task, metrics_from_logits
 from coto_tools.tasks.presets import preset_for
@@ -57,19 +58,26 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "coto-tools"
 
 
-def zero_shot_metrics(task: Task, split: str = "eval", batch_size: int = 64) -> Metrics:
-    """Metrics of the base model (no adapter) on ``split``: one pass, logits concatenated."""
-    model = task.build_model()
+def zero_shot_metrics(
+    task: Task, split: str = "eval", batch_size: int = 64, *, dtype: str = "float32"
+) -> Metrics:
+    """Metrics of the base model (no adapter) on ``split``: one pass, logits concatenated; the
+    model built in ``dtype`` (``auto``, ``float32``, ``bfloat16``, ``float16``; on the CPU, so
+    ``auto`` is float32)."""
+    model = task.build_model_in(resolve_dtype(dtype, "cpu"))
     with torch.inference_mode():
         batches = task.batches(split, batch_size)
         logits = torch.cat([task.logits(model, b) for b in batches])
     return metrics_from_logits(logits.float(), torch.cat([b.labels for b in batches]))
 
 
-def _cache_key(name: str, variant: Mapping[str, Any], sizes: Mapping[str, int]) -> str:
-    return json.dumps(
-        {"task": name, "variant": dict(variant), "sizes": dict(sizes)}, sort_keys=True
-    )
+def _cache_key(
+    name: str, variant: Mapping[str, Any], sizes: Mapping[str, int], dtype: str = "float32"
+) -> str:
+    key: dict[str, Any] = {"task": name, "variant": dict(variant), "sizes": dict(sizes)}
+    if dtype != "float32":  # float32 entries keep the key they had before --dtype existed
+        key["dtype"] = dtype
+    return json.dumps(key, sort_keys=True)
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -86,9 +94,12 @@ def describe_tasks(
     variant: Mapping[str, Any] | None = None,
     zero_shot: bool = False,
     cache: Path | None = None,
+    dtype: str = "float32",
 ) -> list[TaskInfo]:
     """One :class:`TaskInfo` per task (default: all). ``zero_shot``: compute missing zero-shot
-    accuracies (and store them); otherwise only cached ones are shown."""
+    accuracies (and store them); otherwise only cached ones are shown. ``dtype``: the base
+    model's dtype for them (``--dtype``; each dtype is cached on its own)."""
+    dtype = dtype_name(resolve_dtype(dtype, "cpu"))  # checks the spelling; auto -> float32
     names = list(list_tasks()) if names is None else list(names)
     variant = dict(variant or {})
     path = (cache_dir() if cache is None else cache) / ZERO_SHOT_FILE
@@ -98,10 +109,10 @@ def describe_tasks(
     for name in names:
         task = get_task(name, **variant)
         sizes = task.split_sizes()
-        key = _cache_key(name, variant, sizes)
+        key = _cache_key(name, variant, sizes, dtype)
         zs = stored.get(key)
         if zs is None and zero_shot:
-            m = zero_shot_metrics(task)
+            m = zero_shot_metrics(task, dtype=dtype)
             zs = {"accuracy": m.accuracy, "logprob": m.logprob, "n": m.n}
             stored[key] = zs
             changed = True

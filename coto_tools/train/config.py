@@ -9,8 +9,12 @@ from enum import Enum
 from typing import Any
 
 from coto_tools.errors import OptionError
+from coto_tools.runtime.dtype import AUTO, check_dtype
 from coto_tools.train.lr import LrSchedule
 from coto_tools.train.schedule import Shape
+
+DEFAULT_DTYPE = "float32"
+"""The training dtype of every run made before ``TrainConfig.dtype`` existed."""
 
 
 class Method(str, Enum):
@@ -45,6 +49,14 @@ class TrainConfig:
     fraction of steps spent warming up the learning rate; ``lr_floor`` the cosine floor as a
     fraction of ``lr``. ``p_start``, ``stage1_ratio``, ``schedule`` and ``group`` are ignored by
     ``method = lora`` (p = 1 at every step).
+
+    ``dtype``: the base model's dtype while training (``--dtype``): ``float32`` (default),
+    ``bfloat16`` or ``float16``; ``auto`` means float32, since training runs on the CPU. The
+    adapter's ``A`` and ``B`` are float32 whatever it is (the branches of a half-precision base
+    run in float32, as in PEFT; :func:`coto_tools.runtime.gated.branch_dtype`). The default is
+    left out of :meth:`as_dict`, so a ``coto.json`` or reproduction written before the field
+    existed (float32 by construction) compares equal to a float32 config, and a run in another
+    dtype never does (``reproduce`` refuses to reuse it).
     """
 
     task: str
@@ -67,8 +79,11 @@ class TrainConfig:
     group: GroupBy = GroupBy.layer
     lora_dropout: float = 0.0
     eval_split: str = "eval"
+    dtype: str = DEFAULT_DTYPE
 
     def __post_init__(self) -> None:
+        wanted = check_dtype(self.dtype)  # the spelling: auto, float32, bf16, torch.bfloat16, ...
+        object.__setattr__(self, "dtype", DEFAULT_DTYPE if wanted == AUTO else wanted)
         object.__setattr__(self, "method", _enum(Method, self.method, "method"))
         object.__setattr__(self, "lr_schedule", _enum(LrSchedule, self.lr_schedule, "lr schedule"))
         object.__setattr__(self, "schedule", _enum(Shape, self.schedule, "schedule shape"))
@@ -131,11 +146,14 @@ class TrainConfig:
                 d[k] = v.value
         d["targets"] = None if self.targets is None else list(self.targets)
         d["warmup_steps"] = self.warmup_steps
+        if d["dtype"] == DEFAULT_DTYPE:  # records from before the field read the same
+            del d["dtype"]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`as_dict` (derived keys such as ``warmup_steps`` are dropped)."""
+        """Inverse of :meth:`as_dict` (derived keys such as ``warmup_steps`` are dropped; no
+        ``dtype`` is float32)."""
         names = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in d.items() if k in names}
         if kwargs.get("targets") is not None:

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from coto_tools.adapters.lora import LoraAdapter
 from coto_tools.adapters.players import Players, make_players
-from coto_tools.errors import CotoError
+from coto_tools.errors import CotoError, OptionError
+from coto_tools.runtime.dtype import DTYPES, dtype_name
 from coto_tools.runtime.gated import GatedModel, fresh_adapter, inject
 from coto_tools.tasks.base import Batch, Metrics, Task
 from coto_tools.train.config import Method, TrainConfig
@@ -167,14 +168,16 @@ def train(
 ) -> TrainResult:
     """Train a fresh LoRA adapter on ``config.task`` with CoTo or plain LoRA.
 
-    The base model is ``task.build_model()`` (frozen); the adapter is initialised as PEFT does
-    (``A`` Kaiming-uniform, ``B = 0``) from the run's seed. Same config and seed, same adapter bit
-    for bit (on the same machine and torch build). ``task`` overrides building it from the
-    config's name (the record still names ``config.task``). ``model``: that task's base model
-    to train on instead of building one (it is handed back as it came: the adapter is removed,
-    which restores the base bit for bit). ``zero_shot``: the base model's metrics on
-    ``config.eval_split`` of this task, when another run already measured them (recorded as
-    given instead of evaluated again).
+    The base model is ``task.build_model_in(config.dtype)`` (frozen; float32 unless
+    ``config.dtype`` says otherwise); the adapter is initialised as PEFT does (``A``
+    Kaiming-uniform, ``B = 0``, float32 in every dtype) from the run's seed. Same config and
+    seed, same adapter bit for bit (on the same machine and torch build). ``task`` overrides
+    building it from the config's name (the record still names ``config.task``). ``model``:
+    that task's base model to train on instead of building one, in ``config.dtype`` (it is
+    handed back as it came: the adapter is removed, which restores the base bit for bit). The
+    recorded metrics are measured on the training model, in its dtype. ``zero_shot``: the base
+    model's metrics on ``config.eval_split`` of this task, when another run already measured
+    them (recorded as given instead of evaluated again).
     """
     # Global torch RNG (dropout, and anything the task's model building draws) is seeded from
     # the run's seed inside a fork, so the caller's RNG state is left as it was.
@@ -192,7 +195,14 @@ def _train(
 ) -> TrainResult:
     t0 = time.perf_counter()
     task = build_task(config) if task is None else task
-    model = task.build_model() if base is None else base
+    want = DTYPES[config.dtype]
+    model = task.build_model_in(want) if base is None else base
+    have = next((p.dtype for p in model.parameters() if p.is_floating_point()), want)
+    if have != want:
+        raise OptionError(
+            f"train: the given base model is {dtype_name(have)}, the config asks for "
+            f"{config.dtype}; build it in {config.dtype} or set TrainConfig(dtype=...)"
+        )
     for prm in model.parameters():
         prm.requires_grad_(False)
     targets = resolve_targets(model, task.default_targets(), config.targets)

@@ -74,6 +74,7 @@ def make_record(
         "method": config.method.value,
         "seed": config.seed,
         "steps": config.steps,
+        "dtype": config.dtype,  # also in "config" unless float32 (see TrainConfig.dtype)
         "config": config.as_dict(),
         "effective_batch_size": batch_size,
         "targets": list(targets),
