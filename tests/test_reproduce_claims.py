@@ -3,6 +3,9 @@ paired drops and gaps, not on absolute accuracy (numbers worked out by hand)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -23,7 +26,7 @@ def _bitstring(rng: np.random.Generator, p: float, n: int = 200) -> str:
     return "".join("1" if x else "0" for x in rng.random(n) < p)
 
 
-def _prune(full: dict[str, list[float]], even: dict[str, list[float]]) -> dict[str, object]:
+def _prune(full: dict[str, list[float]], even: dict[str, list[float]]) -> dict[str, Any]:
     runs = []
     for m in ("lora", "coto"):
         for s, (f, e) in enumerate(zip(full[m], even[m], strict=True)):
@@ -111,7 +114,7 @@ def test_per_document_results_enter_the_test() -> None:
         {"lora": [0.9, 0.91, 0.92], "coto": [0.9, 0.91, 0.92]},
         {"lora": [0.85, 0.86, 0.87], "coto": [0.88, 0.89, 0.90]},
     )
-    for r in s["runs"]:  # type: ignore[attr-defined]
+    for r in s["runs"]:
         r["docs"] = {k: _bitstring(rng, 0.9) for k in ("full", "everyother-even",
                                                        "everyother-odd", "low")}  # fmt: skip
     prim = next(r for r in pruning(s)["rows"] if r["primary"])
@@ -123,3 +126,26 @@ def test_a_missing_stage_is_not_measured() -> None:
     got = build_claims({"single": None})
     assert all(c["verdict"].startswith("not measured") for c in got)
     assert FAILS == "does not hold"
+
+
+def test_pruning_with_only_the_claims_strategies() -> None:
+    """The default preset prunes with everyother only: the claim is judged the same way and no
+    duplicate 'mean over strategies' row appears."""
+    from coto_tools.reproduce.commands import prune_command
+    from coto_tools.reproduce.config import ReproduceConfig
+
+    s = _prune(
+        {"lora": [0.95, 0.96], "coto": [0.9, 0.91]}, {"lora": [0.9, 0.9], "coto": [0.9, 0.9]}
+    )
+    for r in s["runs"]:
+        del r["strategies"]["low"]
+    rows = pruning(s)["rows"]
+    assert [r["measure"].split(":")[0] for r in rows] == [
+        "everyother drop",
+        "everyother accuracy (context)",
+    ]
+    preset = ReproduceConfig(out=Path("x"), task="bbc-topic").preset()
+    assert preset.prune_strategies == ("all", "everyother")
+    assert "--strategies all,everyother " in prune_command(
+        ["a"], "eval", "o", ["all", "everyother"]
+    )

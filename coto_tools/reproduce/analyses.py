@@ -61,14 +61,14 @@ def prune_stage(
     from coto_tools.prune import DEFAULT_STRATEGIES, PruneConfig, run_prune, write_outputs
 
     rs = main_runs(runs)
-    key = {"split": preset.split, "strategies": list(DEFAULT_STRATEGIES), "inputs": _inputs(rs)}
+    strategies = preset.prune_strategies or DEFAULT_STRATEGIES
+    key = {"split": preset.split, "strategies": list(strategies), "inputs": _inputs(rs)}
     stage = Stage(config.out, "prune", key)
     if (rec := stage.reused(force=config.force, progress=progress, counters=counters)) is not None:
         return rec
     work = stage.start()
     say(
-        f"prune: {len(DEFAULT_STRATEGIES)} strategies x {len(rs)} adapters on the "
-        f"{preset.split} split",
+        f"prune: {len(strategies)} strategies x {len(rs)} adapters on the {preset.split} split",
         progress=progress,
     )
     pc = PruneConfig(
@@ -76,7 +76,7 @@ def prune_stage(
         labels=tuple(r.method for r in rs),
         split=preset.split,
         metric="accuracy",
-        strategies=None,
+        strategies=preset.prune_strategies,
         curves=False,
         rank_sweep=False,
         out=work,

@@ -101,7 +101,9 @@ def param_average_comment(
     )
 
 
-def prune_command(checkpoints: Sequence[str], split: str, out: str) -> str:
+def prune_command(
+    checkpoints: Sequence[str], split: str, out: str, strategies: Sequence[str] | None = None
+) -> str:
     parts = [
         "coto-tools",
         "prune",
@@ -110,6 +112,7 @@ def prune_command(checkpoints: Sequence[str], split: str, out: str) -> str:
         split,
         "--metric",
         "accuracy",
+        *(["--strategies", ",".join(strategies)] if strategies else []),
         "--no-curves",
         "--no-rank-sweep",
         "--out",
@@ -186,7 +189,9 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
                 continue
             lines.append(merge_command(runs_in, row, out, spec, s[st]["split"]))
     if "prune" in s:
-        lines.append(prune_command(main, s["prune"]["split"], f"{out_dir}/prune"))
+        chosen = ((done.get("prune") or {}).get("key") or {}).get("strategies")
+        restricted = chosen if chosen and len(chosen) < 8 else None  # 8: the command's default
+        lines.append(prune_command(main, s["prune"]["split"], f"{out_dir}/prune", restricted))
     if "shapley" in s:
         lines.append(
             shapley_command(main, s["shapley"], f"{out_dir}/shapley")

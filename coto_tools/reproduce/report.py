@@ -388,6 +388,12 @@ def _sections(
                 [
                     "Accuracy with only the adapters each strategy keeps (whole adapters "
                     "removed, no retraining)."
+                    + (
+                        ""
+                        if len(names) > 3
+                        else " This preset runs only the claim's strategies (everyother even "
+                        "and odd); --quick and coto-tools prune run the paper's eight."
+                    )
                 ],
                 [rows],
                 [root / "prune" / "prune_strategies.png"],
