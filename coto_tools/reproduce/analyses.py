@@ -97,6 +97,10 @@ def prune_stage(
     result = run_prune(pc, progress=progress, executor=config.executor, **kw)
     counters["evaluations"] += sum(2 + len(c.strategies) for c in result.checkpoints)
     write_outputs(result, work)
+    if shared is None and bench is not None:
+        # evaluated elsewhere (Ray): the per-document results the claims pair on come from a
+        # local evaluator of the same runs, so the verdicts equal a local run's
+        shared = runs_evaluator(bench, config, rs, preset.split)
     rows = []
     for r, c in zip(rs, result.checkpoints, strict=True):
         rows.append(
@@ -120,7 +124,8 @@ def prune_stage(
 def _prune_docs(shared: Any, run: Run, result: Any) -> dict[str, str]:
     """Per-document correctness (strings of 0/1) of ``run`` with all adapters, none, and each
     strategy's survivors, read from the shared evaluator's kept logits (nothing is evaluated
-    again); empty without a shared evaluator (Ray) or per-document logits."""
+    again when pruning ran on it; evaluated here when it ran on Ray); empty without per-document
+    logits (tasks scored per token)."""
     if shared is None:
         return {}
     from coto_tools.reproduce.merging import doc_bits
