@@ -1,5 +1,7 @@
 """``--executor ray`` on a local 2-CPU Ray cluster: the same numbers as the local executor for
-Shapley, pruning and LMC, also when a worker is killed mid-run. Skipped without Ray."""
+Shapley, pruning and LMC, also when a worker is killed mid-run, and ``--dtype bfloat16`` on a
+tiny LLaMA adapter. One cluster for the whole module (starting Ray costs ~15 s). Skipped without
+Ray."""
 
 from __future__ import annotations
 
@@ -159,6 +161,39 @@ def test_ray_evaluator_interface(runs: dict[str, Path]) -> None:
         )
     finally:
         ev.close()
+
+
+def test_bf16_llama_on_ray_equals_local(tmp_path: Path) -> None:
+    """``--dtype`` reaches the workers: a bfloat16 evaluation of a tiny LLaMA adapter on
+    prompt/completion data equals the local one, and the workers report the example count
+    (issue 18; shares this module's cluster instead of starting its own)."""
+    pytest.importorskip("peft")
+    import torch
+    from test_llm_fixtures import peft_lm_adapter, save_llama
+    from test_user_task_fixtures import write_jsonl
+
+    from coto_tools.adapters.io import load_adapter
+    from coto_tools.runtime.evaluator import Evaluator
+    from coto_tools.tasks import get_task, task_spec
+
+    base = save_llama(tmp_path / "llama")
+    ad = load_adapter(peft_lm_adapter(base, tmp_path / "ad", seed=1, targets=("q_proj",)))
+    data = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "the cat", "completion": " sat"}] * 3)
+    spec_text = task_spec("user", {"base_model": str(base), "data": str(data)})
+    ray_ev = RayEvaluator(
+        EvaluatorSpec(spec_text, (("default", ad),)),
+        ExecutorConfig(kind=ExecutorKind.ray, workers=1, device="cpu", dtype="bfloat16"),
+    )
+    local = Evaluator(get_task(spec_text), ad, dtype="bfloat16")
+    try:
+        full = dict.fromkeys(ad.modules, 1.0)
+        assert ray_ev.dtype == local.dtype == torch.bfloat16
+        assert ray_ev.value(full) == local.value(full) and ray_ev.value({}) == local.value({})
+        assert ray_ev.value(full) != ray_ev.value({})  # the adapter is on in the first
+        assert ray_ev.n_examples == local.n_examples == 3
+    finally:
+        ray_ev.close()
+        local.close()
 
 
 def test_cli_prune_with_ray(
