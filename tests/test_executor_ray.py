@@ -1,7 +1,7 @@
 """``--executor ray`` on a local 2-CPU Ray cluster: the same numbers as the local executor for
 Shapley, pruning and LMC, also when a worker is killed mid-run, and ``--dtype bfloat16`` on a
-tiny LLaMA adapter. One cluster for the whole module (starting Ray costs ~15 s). Skipped without
-Ray."""
+tiny LLaMA adapter. One cluster for the whole module (ray.init took 6-9 s here, on a shared
+2-core machine). Skipped without Ray."""
 
 from __future__ import annotations
 
