@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from coto_tools.cli._app import THREADS, app, apply_threads
+from coto_tools.cli._app import THREADS, app, apply_threads, quiet_loading
 
 
 @app.command("tasks")
@@ -36,6 +36,7 @@ def tasks_cmd(
 
     if zero_shot:
         apply_threads(threads)
+        quiet_loading(True)  # no "Loading weights" bars between the table's lines
     infos = describe_tasks(
         names or None, variant=parse_options(option), zero_shot=zero_shot, dtype=dtype
     )
