@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", help="run directory from coto-tools train (default: train one)")
     p.add_argument("--workdir", default="/tmp/coto_bench_shapley_real", help="log + checkpoint")
     p.add_argument("--split", default="quick", choices=["quick", "eval"])
+    p.add_argument(
+        "--docs", type=int, default=None, help="only the split's first DOCS documents (cheaper)"
+    )
     p.add_argument("--chunk", type=int, default=16, help="coalitions per call (then logged)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new coalitions")
@@ -89,17 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     players = make_players(modules, "module")
     n = len(players)
     adapter = adapter.subset(modules)
+    split_label = args.split if args.docs is None else f"{args.split}[:{args.docs}]"
+    if args.docs is not None:
+        task = first_docs(task, args.docs)
     fp = game_fingerprint(
         weights=weights_hash(ckpt),
         task=record["task"],
         task_variant=record["task_variant"],
-        split=args.split,
+        split=split_label,
         players=players,
         metrics=METRIC_NAMES,
     )
-    log_path = workdir / f"evaluations_{record['task']}_{args.split}_qv{n}.jsonl"
+    log_path = workdir / f"evaluations_{record['task']}_{split_label}_qv{n}.jsonl"
     log = EvaluationLog(log_path, fp, n)
-    evaluator = Evaluator(task, adapter, split=args.split)
+    evaluator = Evaluator(task, adapter, split=args.split, batch_size=args.docs or 64)
     game = AdapterGame(evaluator, players)
     cached = CachedGame(game, n, metric="logprob", log=log)
     total = 1 << n
@@ -133,12 +140,12 @@ def main(argv: list[str] | None = None) -> None:
         "description": (
             f"all 2^{n} coalitions of the query/value adapters of {ckpt.name} "
             f"({record['task']}, {record['method']}, seed {record['seed']}) on the "
-            f"{args.split} split; index = coalition bitmask, bit i = player i"
+            f"{split_label} split; index = coalition bitmask, bit i = player i"
         ),
         "checkpoint_weights_sha256": weights_hash(ckpt),
         "task": record["task"],
         "task_variant": record["task_variant"],
-        "split": args.split,
+        "split": split_label,
         "method": record["method"],
         "player_names": list(players.names),
         "values": tables,
@@ -156,6 +163,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sum {phi.sum():+.5f} = v(N) - v(empty) = {gain:+.5f}")
     print("rerun: python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]))
     print(f"next:  python benchmarks/bench_shapley_estimators.py --table {out} --metric logprob")
+
+
+def first_docs(task: Any, docs: int) -> Any:
+    """The same task restricted to the first ``docs`` documents of each split (one batch): an
+    instance of a subclass of the task's own class, so class-level checks still see it."""
+    cls = type(task)
+
+    class FirstDocs(cls):  # type: ignore[misc, valid-type]
+        def batches(self, split: str, batch_size: int = 64) -> list[Any]:
+            return cls.batches(self, split, docs)[:1]
+
+    FirstDocs.__name__ = cls.__name__
+    clone = object.__new__(FirstDocs)
+    clone.__dict__.update(task.__dict__)
+    return clone
 
 
 def _kind(module: str) -> str | None:
