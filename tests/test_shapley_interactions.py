@@ -121,3 +121,20 @@ def test_refuses_svarm_samples():
     res = estimate_shapley(cached, 6, estimator="svarm", budget=40, seed=0)
     with pytest.raises(ShapleyError, match="cannot be replayed"):
         estimate_interactions(res, cached)
+
+
+def test_round_trip_through_json_and_average():
+    import json
+
+    from coto_tools.jsonio import dumps_strict
+    from coto_tools.shapley.interactions import average_interactions, interactions_from_dict
+
+    names = tuple("abcde")
+    a = exact_pairs(redundant_adapter_game(5, seed=1), 5)
+    b = exact_pairs(redundant_adapter_game(5, seed=2), 5)
+    back = interactions_from_dict(json.loads(dumps_strict(a.to_dict())), names)
+    np.testing.assert_array_equal(back.pairs, a.pairs)
+    assert back.redundancy() == pytest.approx(a.redundancy()) and back.exact
+    mean = average_interactions([a, b])
+    np.testing.assert_allclose(mean.pairs, (a.pairs + b.pairs) / 2)
+    assert not mean.exact and mean.samples == 2

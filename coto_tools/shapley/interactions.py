@@ -302,3 +302,66 @@ def estimate_interactions(
         metric=metric,
         player_names=result.player_names,
     )
+
+
+def average_interactions(items: Sequence[Interactions]) -> Interactions:
+    """The mean of several runs' indices (e.g. one method's seeds), for a figure: values
+    averaged; standard errors of the mean over runs (NaN below 2 runs); ``exact`` only if every
+    run was exact and there is one run."""
+    if not items:
+        raise ShapleyError("average_interactions: no interactions given")
+    k = len(items)
+    pairs = np.mean([i.pairs for i in items], axis=0)
+    se = (
+        np.std([i.pairs for i in items], axis=0, ddof=1) / np.sqrt(k)
+        if k > 1
+        else np.full_like(pairs, np.nan)
+    )
+    low, high = interval(pairs, se, float(k - 1) if k > 1 else float("nan"))
+    first = items[0]
+    return Interactions(
+        first=np.mean([i.first for i in items], axis=0),
+        pairs=pairs,
+        pair_se=se,
+        pair_low=low,
+        pair_high=high,
+        v_empty=float(np.mean([i.v_empty for i in items])),
+        v_full=float(np.mean([i.v_full for i in items])),
+        exact=k == 1 and first.exact,
+        coalitions=int(sum(i.coalitions for i in items)),
+        samples=k,
+        dof=float(k - 1),
+        metric=first.metric,
+        player_names=first.player_names,
+    )
+
+
+def interactions_from_dict(doc: dict[str, Any], names: Sequence[str]) -> Interactions:
+    """Rebuild :class:`Interactions` from :meth:`Interactions.to_dict` (e.g. a stage summary)."""
+    n = len(names)
+    pos = {name: i for i, name in enumerate(names)}
+    pairs = np.full((n, n), np.nan)
+    se = np.full((n, n), np.nan)
+    low = np.full((n, n), np.nan)
+    high = np.full((n, n), np.nan)
+    for p in doc["pairs"]:
+        i, j = pos[p["a"]], pos[p["b"]]
+        for arr, key in ((pairs, "value"), (se, "std_error"), (low, "ci_low"), (high, "ci_high")):
+            arr[i, j] = arr[j, i] = np.nan if p[key] is None else float(p[key])
+    first = np.array([float(doc["first_order"][name]) for name in names])
+    dof = float("inf") if doc["exact"] else float(doc["samples"]) - 1.0
+    return Interactions(
+        first=first,
+        pairs=pairs,
+        pair_se=se,
+        pair_low=low,
+        pair_high=high,
+        v_empty=float(doc["v_empty"]),
+        v_full=float(doc["v_full"]),
+        exact=bool(doc["exact"]),
+        coalitions=int(doc["coalitions"]),
+        samples=int(doc["samples"]),
+        dof=dof,
+        metric=str(doc["metric"]),
+        player_names=tuple(names),
+    )
