@@ -129,7 +129,7 @@ def test_round_trip_through_json_and_average():
     from coto_tools.jsonio import dumps_strict
     from coto_tools.shapley.interactions import average_interactions, interactions_from_dict
 
-    names = tuple("abcde")
+    names = tuple(str(i) for i in range(5))  # to_dict names unnamed players by index
     a = exact_pairs(redundant_adapter_game(5, seed=1), 5)
     b = exact_pairs(redundant_adapter_game(5, seed=2), 5)
     back = interactions_from_dict(json.loads(dumps_strict(a.to_dict())), names)
