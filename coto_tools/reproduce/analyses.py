@@ -85,13 +85,13 @@ def prune_stage(
     kw: dict[str, Any] = {}
     shared = None
     if bench is not None and _local(config):
-        shared = runs_evaluator(bench, config, rs, preset.split)
+        shared = one = runs_evaluator(bench, config, rs, preset.split)
 
         def factory(task: Any, branches: Mapping[str, Any], split: str) -> BranchView:
             # each checkpoint's evaluator: its branch of the shared one (found by its weights)
-            if task is not shared.task or split != shared.split or set(branches) != {"default"}:
+            if task is not one.task or split != one.split or set(branches) != {"default"}:
                 raise CotoError(f"prune: no shared evaluator for {task.name} {split} {branches}")
-            return BranchView(shared, bench.branch_of(shared, branches["default"]))
+            return BranchView(one, bench.branch_of(one, branches["default"]))
 
         kw = {"factory": factory, "get_task": bench.get_task}
     result = run_prune(pc, progress=progress, executor=config.executor, **kw)
