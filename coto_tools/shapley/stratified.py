@@ -25,9 +25,9 @@ the antithetic position class ``{k, n - 1 - k}``). Two steps do it here:
 Efficiency: every sample's ``Y_s`` sums to ``v(N) - v(empty)`` and ``sum_i Z_si = 0``, so the gap
 ``sum_i a_i - (v(N) - v(empty)) = -sum_i b_i mean(Z_i)`` is small; it is removed by the
 variance-weighted projection (as in :mod:`.svarm`), which makes efficiency exact and shrinks the
-reported standard errors accordingly. On the real 12-player adapter tables in benchmarks/data this
-needs about half the evaluations of plain antithetic sampling for the same error (see
-benchmarks/results/shapley_estimators_real.txt).
+reported standard errors accordingly. On the three real 12-player adapter tables in
+benchmarks/data this needs 0.25-0.65x the evaluations of plain antithetic sampling for the same
+error (benchmarks/results/shapley_estimators_real.txt).
 """
 
 from __future__ import annotations
