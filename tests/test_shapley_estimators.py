@@ -267,3 +267,30 @@ def test_table_game_files(tmp_path):
     (tmp_path / "bad.txt").write_text("x")
     with pytest.raises(ShapleyError):
         TableGame.load(tmp_path / "bad.txt")
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 12])
+def test_stratified_blocks_visit_every_position_class_once(n):
+    from coto_tools.shapley.stratified import balanced_block
+
+    rng = np.random.default_rng(0)
+    block = balanced_block(n, rng)
+    assert len(block) == (n // 2 if n % 2 == 0 else n)
+    visits = np.zeros((n, (n + 1) // 2), dtype=int)
+    for order in block:
+        assert sorted(order.tolist()) == list(range(n))
+        for pos, player in enumerate(order):
+            visits[player, min(pos, n - 1 - pos)] += 1
+    per_class = 1 if n % 2 == 0 else 2  # odd n: each position once, two positions per class
+    want = np.full_like(visits, per_class)
+    if n % 2:
+        want[:, -1] = 1  # the middle position is a class of its own
+    np.testing.assert_array_equal(visits, want)
+
+
+def test_stratified_exact_on_games_of_order_two():
+    """Antithetic pairs cancel pairwise terms, so every sample is the Shapley value."""
+    game = SumGame(AdditiveGame(np.arange(7.0)), UnanimityGame(7, [([0, 3], 2.0), ([1, 6], -1.5)]))
+    res = estimate_shapley(game, 7, estimator="stratified", budget=80, seed=3)
+    np.testing.assert_allclose(res.values, game.shapley_values(), atol=1e-12)
+    np.testing.assert_allclose(res.std_errors, 0.0, atol=1e-12)
