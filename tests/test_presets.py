@@ -40,13 +40,13 @@ def test_preset_is_a_valid_task_variant_and_train_config() -> None:
     p = DEFAULT_PRESET
     task = get_task(p.task, **p.variant)  # unknown or invalid options raise here
     assert task.variant == BbcVariant(**p.variant) == DEFAULT_VARIANT  # the bbc default is it
-    cfg = p.train_config("lora", seed=3)
+    cfg = TrainConfig.from_preset(p, "lora", seed=3)
     assert isinstance(cfg, TrainConfig)
     assert (cfg.task, cfg.method.value, cfg.seed) == (p.task, "lora", 3)
     assert (cfg.steps, cfg.batch_size, cfg.lr) == (p.steps, p.batch_size, p.lr)
     assert dict(cfg.task_variant) == dict(p.variant)
     assert TrainConfig.from_dict(cfg.as_dict()) == cfg
-    assert p.train_config(steps=7).steps == 7  # overrides win
+    assert TrainConfig.from_preset(p, steps=7).steps == 7  # overrides win
     with pytest.raises(OptionError, match="steps"):
         Preset("bad", "bbc-topic", {}, steps=0, batch_size=16, lr=1e-3)
 

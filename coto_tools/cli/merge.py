@@ -185,6 +185,7 @@ def _evaluate(
 ) -> None:
     """``--eval``: metrics of the base model, each input and the merged adapter."""
     from coto_tools.adapters import load_adapter
+    from coto_tools.runtime.evaluate import evaluate_adapters
     from coto_tools.tasks import get_task
     from coto_tools.tasks.base import uses_metric_sums
 
@@ -195,6 +196,6 @@ def _evaluate(
                 for i, p in enumerate(inputs)}  # fmt: skip
     adapters["merged"] = result.adapter
     lm = uses_metric_sums(built)
-    metrics = user_opts.evaluate_adapters(built, adapters, split=split, dtype=dtype)
+    metrics = evaluate_adapters(built, adapters, split=split, dtype=dtype)
     for name, m in metrics.items():
         typer.echo(f"eval {name}: {user_opts.format_metrics(m, perplexity=lm)} (n={m.n})")

@@ -268,7 +268,7 @@ def run_lmc(
         kw: dict[str, Any] = dict(grid=config.grid, margin=config.margin, split=config.split)
         plane_ev = None
         if remote:
-            from coto_tools.runtime.ray_executor import PointRecorder
+            from coto_tools.lmc.ray_points import PointRecorder
 
             rec = PointRecorder()
             lmc_plane(task, ads, names=labels, evaluator=rec, **kw)  # type: ignore[arg-type]
@@ -293,7 +293,7 @@ def run_lmc(
         return _finish(config, task, loaded, (), plane, len(plane.metrics))
     adapters = {c.name: c.adapter for c in loaded}
     if remote:
-        from coto_tools.runtime.ray_executor import PointRecorder
+        from coto_tools.lmc.ray_points import PointRecorder
 
         rec = PointRecorder()
         _trace_groups(config, by_path, labels, task, rec, None)  # type: ignore[arg-type]
@@ -365,10 +365,10 @@ def _remote_points(
     adapters: dict[str, LoraAdapter],
     executor: Any,
 ) -> Any:
-    """A :class:`~coto_tools.runtime.ray_executor.RayPointEvaluator` of ``adapters`` (by value)
+    """A :class:`~coto_tools.lmc.ray_points.RayPointEvaluator` of ``adapters`` (by value)
     on the task :func:`resolve_task` chose (as a spec string the workers rebuild)."""
+    from coto_tools.lmc.ray_points import RayPointEvaluator
     from coto_tools.runtime.executor import EvaluatorSpec
-    from coto_tools.runtime.ray_executor import RayPointEvaluator
     from coto_tools.tasks import task_spec
 
     if config.task is not None:

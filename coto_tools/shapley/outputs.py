@@ -17,7 +17,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,9 +35,6 @@ from coto_tools.shapley.plots import (
     save_figure,
 )
 from coto_tools.shapley.result import ShapleyResult
-
-if TYPE_CHECKING:
-    from coto_tools.shapley.run import ShapleyRunResult
 
 CSV_FILE = "shapley.csv"
 JSON_FILE = "shapley.json"
@@ -190,7 +187,22 @@ COMPARE_HEATMAP_FILE = "shapley_heatmaps.png"
 COMPARE_CSV_FILE = "shapley_compare.csv"
 
 
-def write_comparison(out: Path, runs: Sequence[ShapleyRunResult]) -> dict[str, Path]:
+class ComparedRun(Protocol):
+    """What :func:`write_comparison` reads of a run (a
+    :class:`~coto_tools.shapley.run.ShapleyRunResult` has it; this module does not import the
+    run module, which imports this one)."""
+
+    @property
+    def checkpoint(self) -> Path: ...
+    @property
+    def players(self) -> Players: ...
+    @property
+    def summary(self) -> dict[str, Any]: ...
+    @property
+    def primary(self) -> ShapleyResult: ...
+
+
+def write_comparison(out: Path, runs: Sequence[ComparedRun]) -> dict[str, Path]:
     """Several runs side by side: ``shapley_heatmaps.png`` (one colour scale) and
     ``shapley_compare.csv`` (checkpoint, player, value, stderr of the primary metric)."""
     panels = []
@@ -203,13 +215,13 @@ def write_comparison(out: Path, runs: Sequence[ShapleyRunResult]) -> dict[str, P
         for i, name in enumerate(r.players.names):
             w.writerow([str(r.checkpoint), name] + [repr(float(a[i])) for a in
                        (p.values, p.std_errors, p.ci_low, p.ci_high)])  # fmt: skip
-    metric = runs[0].config.metric.value
+    metric = runs[0].primary.metric
     files = {"csv": atomic_write_text(out / COMPARE_CSV_FILE, buf.getvalue())}
     fig = plot_heatmaps(panels, label=f"Shapley value ({metric})")
     files["heatmap"] = save_figure(fig, out / COMPARE_HEATMAP_FILE)
     return files
 
 
-def _label(r: ShapleyRunResult) -> str:
+def _label(r: ComparedRun) -> str:
     ck = r.checkpoint.resolve()
     return f"{ck.name} ({r.summary['task']}, {r.primary.estimator})"

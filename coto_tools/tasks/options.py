@@ -14,7 +14,7 @@ A checkpoint's ``modules_to_save`` (e.g. a trained classifier) are loaded into t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 import typer
 
 from coto_tools.errors import CheckpointError, OptionError, TaskError
-from coto_tools.tasks.base import Metrics, Task
+from coto_tools.tasks.base import Metrics
 
 BASE_MODEL = typer.Option(
     None,
@@ -183,24 +183,6 @@ def _plain(args: UserTaskArgs) -> dict[str, Any]:
     if (d["max_length"], d["batch_size"]) == (128, 16):
         d["max_length"] = d["batch_size"] = None  # defaults: not given
     return d
-
-
-def evaluate_adapters(
-    task: Task, adapters: Mapping[str, Any], *, split: str = "eval", dtype: str | None = None
-) -> dict[str, Metrics]:
-    """Metrics of each adapter alone (all its modules on) on ``task``, one base model, through
-    the gated runtime (:class:`~coto_tools.runtime.evaluator.Evaluator`; ``dtype``:
-    ``--dtype``); plus ``"base"``."""
-    from coto_tools.runtime.evaluator import Evaluator
-
-    ev = Evaluator(task, dict(adapters), split=split, dtype=dtype)
-    try:
-        out = {"base": ev.value({})}
-        for name, ad in adapters.items():
-            out[name] = ev.value({(name, m): 1.0 for m in ad.modules})
-    finally:
-        ev.close()
-    return out
 
 
 def format_metrics(m: Metrics, *, perplexity: bool = False) -> str:

@@ -4,8 +4,9 @@ chosen by measured headroom so that pruning and merging have room to differ (CoT
 ceiling).
 
 :data:`DEFAULT_PRESET` names the variant (equal to :data:`coto_tools.tasks.bbc.DEFAULT_VARIANT`)
-and the recommended ``steps`` / ``batch_size`` / ``lr``; ``DEFAULT_PRESET.train_config(method,
-seed)`` builds the :class:`~coto_tools.train.TrainConfig`. :data:`MEASURED` holds the numbers of
+and the recommended ``steps`` / ``batch_size`` / ``lr``;
+``TrainConfig.from_preset(DEFAULT_PRESET, method, seed)`` (:mod:`coto_tools.train.config`, a
+layer above the tasks) builds the training configuration. :data:`MEASURED` holds the numbers of
 every candidate that was measured (eval split, 400 documents) and :class:`HeadroomRule` the rule
 that picked the preset, fixed before LoRA and CoTo were compared; :class:`PlateauRule` sets
 the training length from training losses alone (:data:`PLATEAU`).
@@ -13,6 +14,7 @@ the training length from training losses alone (:data:`PLATEAU`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +225,10 @@ MEASURED: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+def _positive_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
 @dataclass(frozen=True)
 class Preset:
     """A task variant with recommended training settings and its measured numbers."""
@@ -238,23 +244,23 @@ class Preset:
     def __post_init__(self) -> None:
         object.__setattr__(self, "variant", dict(self.variant))
         object.__setattr__(self, "measured", dict(self.measured))
-        self.train_config()  # validates steps, batch size, lr
-
-    def train_config(self, method: str = "coto", seed: int = 0, **overrides: Any) -> Any:
-        """The :class:`~coto_tools.train.TrainConfig` of this preset (``overrides`` win)."""
-        from coto_tools.train.config import TrainConfig
-
-        kwargs: dict[str, Any] = {
-            "task": self.task,
-            "method": method,
-            "seed": seed,
-            "task_variant": dict(self.variant),
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-        }
-        kwargs.update(overrides)
-        return TrainConfig(**kwargs)
+        problems = [
+            msg
+            for ok, msg in (
+                (_positive_int(self.steps), f"steps must be an integer >= 1, got {self.steps!r}"),
+                (
+                    _positive_int(self.batch_size),
+                    f"batch size must be an integer >= 1, got {self.batch_size!r}",
+                ),
+                (
+                    isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf,
+                    f"lr must be positive, got {self.lr!r}",
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise OptionError(f"preset {self.name}: " + "; ".join(problems))
 
     def summary(self) -> dict[str, Any]:
         """JSON-able: variant, training settings and the measured accuracies."""

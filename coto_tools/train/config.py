@@ -151,6 +151,24 @@ class TrainConfig:
         return d
 
     @classmethod
+    def from_preset(
+        cls, preset: Any, method: str = "coto", seed: int = 0, **overrides: Any
+    ) -> TrainConfig:
+        """The configuration of a task preset (:class:`coto_tools.tasks.presets.Preset`: its
+        task, variant, steps, batch size and lr); ``overrides`` win."""
+        kwargs: dict[str, Any] = {
+            "task": preset.task,
+            "method": method,
+            "seed": seed,
+            "task_variant": dict(preset.variant),
+            "steps": preset.steps,
+            "batch_size": preset.batch_size,
+            "lr": preset.lr,
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`as_dict` (derived keys such as ``warmup_steps`` are dropped; no
         ``dtype`` is float32)."""

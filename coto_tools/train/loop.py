@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,40 +33,11 @@ from coto_tools.runtime.gated import GatedModel, fresh_adapter, inject
 from coto_tools.tasks.base import Batch, Metrics, Task
 from coto_tools.train.config import Method, TrainConfig
 from coto_tools.train.lr import LrPlan
+from coto_tools.train.run import LOG_FIELDS as LOG_FIELDS  # re-exported: its old home
+from coto_tools.train.run import LogRow, TrainResult, make_record
 from coto_tools.train.sampler import EpochSampler
 from coto_tools.train.schedule import CoToSchedule
 from coto_tools.train.targets import resolve_targets
-
-LOG_FIELDS = ("step", "loss", "p", "n_active", "active_groups", "lr")
-
-
-@dataclass(frozen=True)
-class LogRow:
-    step: int
-    loss: float
-    p: float
-    n_active: int
-    active_groups: str
-    lr: float
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A finished run: the adapter, its metrics, the per-step log and the ``coto.json`` record."""
-
-    adapter: LoraAdapter
-    config: TrainConfig
-    metrics: Metrics
-    zero_shot: Metrics
-    log: tuple[LogRow, ...]
-    record: dict[str, Any]
-    wall_time_s: float
-
-    def save(self, out: Any, *, force: bool = False) -> Any:
-        """Write the run directory (see :func:`coto_tools.train.run.save_run`)."""
-        from coto_tools.train.run import save_run
-
-        return save_run(self, out, force=force)
 
 
 def build_task(config: TrainConfig) -> Task:
@@ -259,8 +228,6 @@ def _train(
         task, adapter, config.eval_split, model=model, zero_shot=zero_shot
     )
     wall = time.perf_counter() - t0
-    from coto_tools.train.run import make_record
-
     record = make_record(
         config,
         task=task,

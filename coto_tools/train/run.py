@@ -19,8 +19,9 @@ import io
 import json
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -33,8 +34,35 @@ from coto_tools.train.config import TrainConfig
 from coto_tools.train.lr import LrPlan
 from coto_tools.train.schedule import CoToSchedule
 
-if TYPE_CHECKING:
-    from coto_tools.train.loop import LogRow, TrainResult
+LOG_FIELDS = ("step", "loss", "p", "n_active", "active_groups", "lr")
+
+
+@dataclass(frozen=True)
+class LogRow:
+    step: int
+    loss: float
+    p: float
+    n_active: int
+    active_groups: str
+    lr: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: the adapter, its metrics, the per-step log and the ``coto.json`` record."""
+
+    adapter: LoraAdapter
+    config: TrainConfig
+    metrics: Metrics
+    zero_shot: Metrics
+    log: tuple[LogRow, ...]
+    record: dict[str, Any]
+    wall_time_s: float
+
+    def save(self, out: Any, *, force: bool = False) -> Any:
+        """Write the run directory (see :func:`save_run`)."""
+        return save_run(self, out, force=force)
+
 
 RUN_FORMAT = "coto-tools/train-run"
 RUN_VERSION = 1
@@ -113,8 +141,6 @@ def make_record(
 
 def log_csv(rows: Sequence[LogRow]) -> str:
     """``train_log.csv`` text: step, loss, p, n_active, active_groups, lr."""
-    from coto_tools.train.loop import LOG_FIELDS
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(LOG_FIELDS)
