@@ -34,6 +34,7 @@ CLAIMS = (
     "merging",
     "pruning robustness",
     "balanced Shapley contributions",
+    "less redundant layers",
     "connectivity",
 )
 
@@ -81,6 +82,22 @@ def test_quick_writes_every_section_and_claim(quick_dir: Path) -> None:
     for command in ("coto-tools train ", "coto-tools merge ", "coto-tools prune ",
                     "coto-tools shapley ", "coto-tools lmc "):  # fmt: skip
         assert command in md, command
+
+
+def test_quick_interactions_and_redundancy_claim(quick_dir: Path) -> None:
+    """The Shapley stage's pairwise interactions reach the page (figure, table) and the claim
+    'less redundant layers' is judged on the two seeds' paired redundancy."""
+    claims = json.loads((quick_dir / "claims.json").read_text())["runs"][0]["claims"]
+    got = next(c for c in claims if c["claim"] == "less redundant layers")
+    prim = next(r for r in got["rows"] if r["primary"])
+    assert prim["units"] == 2 and got["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
+    shap = json.loads((quick_dir / "shapley" / "shapley_summary.json").read_text())
+    red = {r["method"]: r["interactions"]["redundancy"] for r in shap["runs"] if r["seed"] == 0}
+    assert prim["paired"][0] == pytest.approx(red["lora"] - red["coto"])
+    assert all(r["interactions"]["exact"] for r in shap["runs"])
+    assert (quick_dir / "shapley" / "shapley_interactions.png").stat().st_size > 0
+    md = (quick_dir / "report.md").read_text()
+    assert "Which layers stand in for each other" in md and "--interactions" in md
 
 
 def test_quick_numbers_come_from_the_runs(quick_dir: Path) -> None:

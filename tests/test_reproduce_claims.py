@@ -149,3 +149,44 @@ def test_pruning_with_only_the_claims_strategies() -> None:
     assert "--strategies all,everyother " in prune_command(
         ["a"], "eval", "o", ["all", "everyother"]
     )
+
+
+def _shapley_with_interactions(red: dict[str, list[float]]) -> dict[str, Any]:
+    """A Shapley stage summary whose runs carry exact Faith-Shap interactions of games built to
+    have the given redundancy: v = sum of singletons + c * (unanimity of the pair (0, 1)), whose
+    only pairwise index is c, so redundancy = -c / (v(all) - v(none))."""
+    from coto_tools.shapley import CachedGame, SumGame, UnanimityGame, estimate_shapley
+    from coto_tools.shapley.interactions import estimate_interactions
+
+    names = ("layer0", "layer1", "layer2")
+    runs = []
+    for m in ("lora", "coto"):
+        for s, r in enumerate(red[m]):
+            # singletons 1 each; pair term c: gain = 3 + c, redundancy = -c / (3 + c)
+            c = -3.0 * r / (1.0 + r)
+            game = SumGame(
+                UnanimityGame(3, [([0], 1.0), ([1], 1.0), ([2], 1.0)]),
+                UnanimityGame(3, [([0, 1], c)]),
+            )
+            cached = CachedGame(game, 3)
+            res = estimate_shapley(cached, 3, estimator="exact", player_names=names)
+            inter = estimate_interactions(res, cached).to_dict()
+            assert inter["redundancy"] == pytest.approx(r)
+            runs.append({"run": f"{m}-s{s}", "method": m, "seed": s, "interactions": inter})
+    return {"runs": runs}
+
+
+def test_less_redundant_layers_is_a_paired_test_on_redundancy() -> None:
+    from coto_tools.reproduce.claims import less_redundant
+
+    lora, coto = [0.60, 0.55, 0.62, 0.58], [0.40, 0.37, 0.45, 0.41]
+    got = less_redundant(_shapley_with_interactions({"lora": lora, "coto": coto}))
+    prim = next(r for r in got["rows"] if r["primary"])
+    assert got["verdict"] == HOLDS and prim["units"] == 4
+    np.testing.assert_allclose(prim["paired"], np.subtract(lora, coto))  # > 0: CoTo less
+    flipped = less_redundant(_shapley_with_interactions({"lora": coto, "coto": lora}))
+    assert flipped["verdict"] == FAILS
+    one = less_redundant(_shapley_with_interactions({"lora": lora[:1], "coto": coto[:1]}))
+    assert one["verdict"] == UNDECIDABLE
+    stale = less_redundant({"runs": [{"run": "a", "method": "lora", "seed": 0}]})
+    assert stale["verdict"].startswith("not measured")

@@ -168,12 +168,14 @@ def shapley_stage(
         metric=Metric(preset.shapley_metric),
         estimator=Estimator(preset.shapley_estimator),
         split=Split(preset.analysis_split),
+        interactions=True,  # pairwise Faith-Shap from the same coalitions (no extra evaluation)
     )
     key = {
         "players": sc.players.value,
         "metric": sc.metric.value,
         "estimator": sc.estimator.value,
         "split": sc.split.value,
+        "interactions": "faith-shap-2",
         "inputs": _inputs(rs),
     }
     stage = Stage(config.out, "shapley", key)
@@ -219,17 +221,18 @@ def shapley_stage(
                 "evaluations": p.evaluations,
                 "balance": balance_summary(res.players, p.values),
                 "accuracy_values": res.results["accuracy"].values.tolist(),
+                "interactions": None if res.interactions is None else res.interactions.to_dict(),
             }
         )
     write_comparison(work, results)
-    from coto_tools.reproduce.figures import save, shapley_mean_figure
+    from coto_tools.reproduce.figures import interactions_mean_figure, save, shapley_mean_figure
 
     save(shapley_mean_figure(rows, metric=sc.metric.value), work / "shapley_mean.png")
+    save(interactions_mean_figure(rows), work / "shapley_interactions.png")
     write_json(work / "shapley_summary.json", {**key, "runs": rows})
     counters["stages_run"] += 1
-    return stage.commit(
-        {"figures": ["shapley_mean.png", "shapley_heatmaps.png"], "summary": "shapley_summary.json"}
-    )
+    figures = ["shapley_mean.png", "shapley_heatmaps.png", "shapley_interactions.png"]
+    return stage.commit({"figures": figures, "summary": "shapley_summary.json"})
 
 
 # -- LMC ----------------------------------------------------------------------------------------

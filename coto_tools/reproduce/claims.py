@@ -11,6 +11,8 @@ Primary measurements (paired: the same seed's LoRA and CoTo runs, the same docum
   odd half) minus accuracy with all adapters, per seed (the *drop*; CoTo's - LoRA's);
 - balanced Shapley contributions: the coefficient of variation of per-layer Shapley values
   (LoRA's - CoTo's: lower is more balanced);
+- less redundant layers: the share of the full gain taken back by the pairwise Faith-Shap
+  interactions of the layers, ``-sum_{i<j} e_ij / (v(all) - v(none))`` (LoRA's - CoTo's);
 - connectivity: the accuracy barrier on the factor-space path between a disjoint pair of seeds
   (LoRA's - CoTo's).
 
@@ -524,6 +526,48 @@ def shapley_balance(shapley: Mapping[str, Any]) -> Claim:
     )
 
 
+REDUNDANCY_PRIMARY = (
+    "redundancy of the layers: -(sum of pairwise Faith-Shap interactions) / (v(all) - v(none))"
+)
+REDUNDANCY_TEXT = (
+    "CoTo's layers stand in for each other less than LoRA's: their pairwise Shapley interactions "
+    "take back a smaller share of the full gain."
+)
+
+
+def less_redundant(shapley: Mapping[str, Any]) -> Claim:
+    """Primary: the redundancy of each run's players (from the order-2 Faith-Shap indices of the
+    Shapley stage; lower = less redundant), LoRA's - CoTo's per seed. Context: the largest
+    single overlap (the most negative pairwise index)."""
+    runs = shapley["runs"]
+    if not any(r.get("interactions") for r in runs):  # a Shapley stage from before interactions
+        return {
+            "claim": "less redundant layers",
+            "statement": REDUNDANCY_TEXT,
+            "rows": [],
+            "method": METHOD,
+            "decidable": False,
+            "verdict": "not measured (the Shapley stage has no interactions: rerun it)",
+        }
+
+    def inter(r: Mapping[str, Any]) -> Mapping[str, Any]:
+        return r.get("interactions") or {}
+
+    def most_negative(r: Mapping[str, Any]) -> float | None:
+        vals = [p["value"] for p in inter(r).get("pairs", []) if p.get("value") is not None]
+        return min(vals) if vals else None
+
+    units, red, _ = _seed_rows(runs, lambda r: inter(r).get("redundancy"))
+    _, neg, _ = _seed_rows(runs, most_negative)
+    rows = [
+        Row(REDUNDANCY_PRIMARY, tuple(red["lora"]), tuple(red["coto"]),
+            higher_is_better=False, primary=True, units=units),
+        Row("most negative pairwise interaction (the largest overlap of two layers)",
+            tuple(neg["lora"]), tuple(neg["coto"]), higher_is_better=True, units=units),
+    ]  # fmt: skip
+    return _claim("less redundant layers", REDUNDANCY_TEXT, rows)
+
+
 def connectivity(lmc: Mapping[str, Any]) -> Claim:
     if "pairs" not in lmc:  # no pair of seeds: undecidable, with the seeds it needs
         skipped = str(lmc.get("skipped", ""))
@@ -566,13 +610,14 @@ _LMC_TEXT = (
 
 
 def build_claims(summaries: Mapping[str, Mapping[str, Any] | None]) -> list[Claim]:
-    """All five claims from the stage summaries (a missing stage gives a 'not measured' claim)."""
+    """All claims from the stage summaries (a missing stage gives a 'not measured' claim)."""
     out = []
     makers = (
         ("generalisation", lambda s: generalisation(s["single"], s.get("prune")), ("single",)),
         ("merging", lambda s: merging(s["merge"], s.get("cross"), s.get("prune")), ("merge",)),
         ("pruning robustness", lambda s: pruning(s["prune"]), ("prune",)),
         ("balanced Shapley contributions", lambda s: shapley_balance(s["shapley"]), ("shapley",)),
+        ("less redundant layers", lambda s: less_redundant(s["shapley"]), ("shapley",)),
         ("connectivity", lambda s: connectivity(s["lmc"]), ("lmc",)),
     )
     for name, make, needs in makers:

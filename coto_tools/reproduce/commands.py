@@ -137,6 +137,8 @@ def shapley_command(checkpoints: Sequence[str], key: Mapping[str, Any], out: str
         "--out",
         out,
     ]
+    if key.get("interactions"):
+        parts.append("--interactions")
     return _q(parts)
 
 

@@ -198,6 +198,25 @@ def shapley_mean_figure(rows: Sequence[Mapping[str, Any]], *, metric: str) -> Fi
     return plot_heatmaps(panels, label=f"Shapley value ({metric})")
 
 
+def interactions_mean_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Mean pairwise Faith-Shap interactions per method (over seeds), players x players, LoRA
+    beside CoTo on one colour scale (blue: the two layers stand in for each other)."""
+    from coto_tools.shapley.interaction_outputs import plot_interaction_panels
+    from coto_tools.shapley.interactions import average_interactions, interactions_from_dict
+
+    panels = []
+    for m in METHOD_ORDER:
+        mine = [r for r in rows if r["method"] == m and r.get("interactions")]
+        if not mine:
+            continue
+        names = list(mine[0]["players"])
+        items = [interactions_from_dict(r["interactions"], names) for r in mine]
+        red = np.mean([i.redundancy() or 0.0 for i in items])
+        title = f"{NAMES[m]} (mean of {len(mine)} seed(s); redundancy {red:.3f})"
+        panels.append((title, average_interactions(items), names))
+    return plot_interaction_panels(panels)
+
+
 def lmc_figure(summary: Mapping[str, Any]) -> Figure:
     """Rows: LoRA, CoTo; columns: accuracy, loss; one line per seed pair, solid = delta
     space, dashed = factor space; shared y axes so the methods compare directly."""

@@ -123,7 +123,7 @@ def plot_interaction_panels(
         ax.set_visible(False)
     fig.colorbar(
         flat[0].images[0], ax=flat, shrink=0.8,
-        label=f"{INTER_LABEL} (< 0: redundant, > 0: complementary)",
+        label="pairwise interaction (< 0: redundant)",
     )  # fmt: skip
     return fig
 
