@@ -18,7 +18,7 @@ from coto_tools.merge.knots import knots
 from coto_tools.merge.magnitude import magnitude_prune
 from coto_tools.merge.svd import lowrank_svd, truncated_svd
 from coto_tools.merge.task_arithmetic import task_arithmetic
-from coto_tools.merge.ties import ties, ties_lowrank
+from coto_tools.merge.ties import lowrank_delta, ties, ties_lowrank
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ class ModuleParts:
     weights: Sequence[float]
 
     def deltas(self) -> list[torch.Tensor]:
-        """``w_i s_i B_i @ A_i`` in float32 (weights folded in)."""
+        """``w_i s_i B_i @ A_i`` in float32 (weights folded in), by :func:`lowrank_delta`."""
         return [
-            (w * s) * (b.to(torch.float32) @ a.to(torch.float32))
+            lowrank_delta(b, a, w * s)
             for a, b, s, w in zip(self.As, self.Bs, self.scalings, self.weights, strict=True)
         ]
 
@@ -117,7 +117,7 @@ def _dare_ties_delta(parts: ModuleParts, cfg: MergeConfig, rank: int, g: torch.G
         deltas, w = parts.deltas(), torch.ones(len(parts.As))
     else:
         deltas = [
-            s * (b.to(torch.float32) @ a.to(torch.float32))
+            lowrank_delta(b, a, s)
             for a, b, s in zip(parts.As, parts.Bs, parts.scalings, strict=True)
         ]
         w = torch.tensor(list(parts.weights), dtype=torch.float32)

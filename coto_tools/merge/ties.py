@@ -122,9 +122,21 @@ CHUNK_ELEMENTS = 1 << 16
 """Entries per row chunk of :func:`ties_lowrank` (256 KiB of float32 per task and temporary)."""
 
 
+def lowrank_delta(b: torch.Tensor, a: torch.Tensor, coef: float) -> torch.Tensor:
+    """``coef · B @ A`` as float32, from a float64 product rounded once: ``(out, in)``.
+
+    Each entry is a sum of ``r`` products whose float64 rounding error (about 1e-16 relative)
+    almost never reaches the float32 rounding, so an entry does not depend on which rows are
+    computed with it. A float32 product does: BLAS kernels pick their accumulation order by
+    the block's shape, and on some processors rows computed alone differ in the last bit from
+    the same rows inside the whole product.
+    """
+    return (b.to(torch.float64) @ a.to(torch.float64)).mul_(coef).to(torch.float32)
+
+
 def _delta_rows(b: torch.Tensor, a: torch.Tensor, coef: float, r0: int, r1: int) -> torch.Tensor:
-    """Rows ``r0:r1`` of ``coef · B @ A`` (float32 factors), always computed the same way."""
-    return coef * (b[r0:r1] @ a)
+    """Rows ``r0:r1`` of :func:`lowrank_delta`."""
+    return lowrank_delta(b[r0:r1], a, coef)
 
 
 def ties_lowrank(
@@ -142,7 +154,7 @@ def ties_lowrank(
     ``weights``: applied after the sign election, in the disjoint merge (PEFT's ``ties``: the
     mean over agreeing tasks of ``w_i τ̂_i``); ``None``: 1 each (weights folded into ``coefs``).
 
-    The same numbers as ``ties_consuming([c_i * (B_i @ A_i) ...])`` with float32 factors, in one
+    The same numbers as ``ties_consuming([lowrank_delta(B_i, A_i, c_i) ...])``, in one
     float32 ``(out, in)`` buffer plus row chunks: each task's magnitude threshold needs its
     whole ``|ΔW_i|`` once (computed into the buffer and partitioned in place), then the sign
     election and disjoint merge run on row chunks, recomputing ``c_i · B_i[rows] @ A_i`` (cheap:

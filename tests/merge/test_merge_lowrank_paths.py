@@ -12,7 +12,7 @@ from coto_tools.merge.config import MajoritySign, MergeConfig
 from coto_tools.merge.engine import merge_adapters
 from coto_tools.merge.magnitude import magnitude_mask
 from coto_tools.merge.registry import ModuleParts
-from coto_tools.merge.ties import ties_consuming, ties_lowrank
+from coto_tools.merge.ties import lowrank_delta, ties_consuming, ties_lowrank
 
 
 def _factors(
@@ -29,7 +29,7 @@ def _factors(
 
 
 def _reference(As, Bs, coefs, density, sign):  # type: ignore[no-untyped-def]
-    deltas = [c * (b @ a) for a, b, c in zip(As, Bs, coefs, strict=True)]
+    deltas = [lowrank_delta(b, a, c) for a, b, c in zip(As, Bs, coefs, strict=True)]
     return ties_consuming(deltas, density, sign)
 
 
@@ -117,7 +117,10 @@ def test_engine_delta_ties_equals_the_unchunked_path() -> None:
         return LoraAdapter(mods)
 
     a, b = adapter(8.0), adapter(4.0)
-    cfg = MergeConfig(method="ties", space="delta", density=0.4, weights=(0.7, -1.3), rank=5)
+    # the weighted vote: the election sees w_i s_i ΔW_i, as ties_consuming of the folded deltas
+    cfg = MergeConfig(
+        method="ties", space="delta", density=0.4, weights=(0.7, -1.3), rank=5, ties_vote="weighted"
+    )
     res = merge_adapters([a, b], cfg)
     for name, m in res.adapter.modules.items():
         parts = ModuleParts([a[name].A, b[name].A], [a[name].B, b[name].B], [2.0, 1.0], [0.7, -1.3])
