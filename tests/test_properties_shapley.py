@@ -3,7 +3,8 @@
 Random games are tables of ``2^n`` values (:class:`TableGame`). Exact values must satisfy
 efficiency, symmetry, the dummy axiom and additivity, and agree with the definition as an
 average over all ``n!`` orderings (computed here, independently of the library). The sampling
-estimators permutation, antithetic, kernelshap and stratified must be efficient for every sample size.
+estimators permutation, antithetic, kernelshap and stratified must be efficient for every sample
+size.
 """
 
 from __future__ import annotations
