@@ -32,8 +32,8 @@ class ShapleyResult:
 
     ``values``, ``std_errors``, ``ci_low``, ``ci_high``: ``(n_players,)``; the 95% interval is
     ``values +- t_{0.975, dof} std_errors`` with ``dof`` the estimator's degrees of freedom
-    (samples - 1; samples - 2 for ``stratified``, which fits one covariate; zero width for
-    ``exact``, whose ``dof`` is infinite).
+    (samples - 1; samples - 2 or - 3 for ``stratified``, which fits one or two covariates;
+    zero width for ``exact``, whose ``dof`` is infinite).
     ``evaluations``: distinct coalitions used (v(N) and v(empty) included); ``computed``: how
     many of those the game evaluated in this run (the rest came from a log or a shared cache).
     ``n_samples``: sampling units drawn (permutations, antithetic pairs, coalition pairs, ...);

@@ -21,6 +21,12 @@ the antithetic position class ``{k, n - 1 - k}``). Two steps do it here:
    ``s_i^2 (1 / m + mean(Z_i)^2 / S_zz)`` with ``m - 2`` degrees of freedom. After complete blocks
    ``mean(Z_i) = 0`` and the estimate is the plain stratified mean; the line also handles a
    partial last block and a budget that ends mid-block.
+3. From 6 samples on, a second covariate: the squared imbalance of the *estimated values*
+   before and after the player, ``((W_before - W_after) / W)^2`` centred by its exact mean
+   (:func:`weighted_position_covariate`): saturation depends on how much of the game is on,
+   not only on how many adapters; ``m - 3`` degrees of freedom. On the two 48-document tables
+   it cut the error at 250-300 evaluations by about a third (0.055 -> 0.035); on the stored
+   table it changed nothing.
 
 Efficiency: every sample's ``Y_s`` sums to ``v(N) - v(empty)`` and ``sum_i Z_si = 0``, so the gap
 ``sum_i a_i - (v(N) - v(empty)) = -sum_i b_i mean(Z_i)`` is small; it is removed by the
@@ -112,7 +118,16 @@ class StratifiedSampler:
     def _fit(self, idx: slice) -> tuple[np.ndarray, np.ndarray, int]:
         y = np.asarray(self._y).reshape(-1, self.n)[idx]
         z = np.asarray(self._z).reshape(-1, self.n)[idx]
-        return control_variate_fit(y, z, self.v_full - self.v_empty)
+        delta = self.v_full - self.v_empty
+        first = control_variate_fit(y, z, delta)
+        if y.shape[0] < MIN_SAMPLES_WEIGHTED:
+            return first
+        orders = self._orders[: self.n_samples][idx]
+        z2 = weighted_position_covariate(orders, np.maximum(first[0], 0.0))
+        if z2 is None:
+            return first
+        second = multi_covariate_fit(y, np.stack([z, z2], axis=-1), delta)
+        return first if second is None else second
 
     def estimate(self) -> tuple[np.ndarray, np.ndarray]:
         est, se, _ = self._fit(slice(None))
@@ -168,6 +183,71 @@ def control_variate_fit(
     else:
         a = a + gap / n
     return a, np.sqrt(var), dof
+
+
+MIN_SAMPLES_WEIGHTED = 6
+"""The weighted-position covariate is fitted from this many samples on (2 covariates + the
+intercept leave ``m - 3`` degrees of freedom)."""
+
+
+def weighted_position_covariate(
+    orders: Sequence[np.ndarray], weights: np.ndarray
+) -> np.ndarray | None:
+    """``Z2_si = ((W_before - W_after) / W)^2 - E[...]``: the squared imbalance of the estimated
+    values ``weights`` (>= 0) before and after player ``i`` in sample ``s``, centred by its exact
+    mean under uniform permutations (``E[s_j s_l] = 1/3`` for ``j != l``, ``s = +-1`` the side of
+    ``i`` each other player is on). ``(m, n)``; None when the weights sum to 0.
+
+    Position says how many adapters are on before ``i``; this says how much of the game's value
+    is, which is what saturation depends on (``weights`` come from the same samples: a
+    covariate chosen by the data, whose effect on the intervals the coverage tests measure)."""
+    n = weights.size
+    total = float(weights.sum())
+    if not total > 0:
+        return None
+    out = np.empty((len(orders), n))
+    for k, order in enumerate(orders):
+        cum = np.cumsum(weights[order])
+        before = cum - weights[order]
+        row = np.empty(n)
+        row[order] = (before - (total - cum)) / total
+        out[k] = row * row
+    others_sq = float((weights * weights).sum()) - weights * weights
+    others = total - weights
+    mean = (others_sq + (others * others - others_sq) / 3.0) / (total * total)
+    return out - mean
+
+
+def multi_covariate_fit(
+    y: np.ndarray, z: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Per-player intercepts of ``y[:, i] ~ a_i + z[:, i, :] b_i`` (``z: (m, n, k)``, mean 0 under
+    the design), OLS standard errors with ``m - 1 - k`` degrees of freedom, projected onto
+    ``sum(a) = delta`` as in :func:`control_variate_fit`. None when some player's design is
+    rank-deficient (e.g. all weights equal: the second covariate is the first one rescaled)."""
+    m, n, k = z.shape
+    if m - 1 - k < 2:
+        return None
+    a = np.empty(n)
+    var = np.empty(n)
+    for i in range(n):
+        x = np.column_stack([np.ones(m), z[:, i, :]])
+        if np.linalg.matrix_rank(x) < k + 1:
+            return None
+        xtx_inv = np.linalg.inv(x.T @ x)
+        beta = xtx_inv @ (x.T @ y[:, i])
+        resid = y[:, i] - x @ beta
+        a[i] = beta[0]
+        var[i] = float(resid @ resid) / (m - 1 - k) * xtx_inv[0, 0]
+    var = np.clip(var, 0.0, None)
+    total = float(var.sum())
+    gap = delta - float(a.sum())
+    if total > 0:
+        a = a + var / total * gap
+        var = np.clip(var - var * var / total, 0.0, None)
+    else:
+        a = a + gap / n
+    return a, np.sqrt(var), m - 1 - k
 
 
 def estimate_stratified(
