@@ -227,7 +227,8 @@ def test_cli_tasks_zero_shot_in_a_dtype(tmp_path, monkeypatch, capsys) -> None: 
     )
     (key,) = json.loads((tmp_path / ZERO_SHOT_FILE).read_text())
     assert json.loads(key) == {
-        "task": "tiny", "variant": {}, "sizes": task.split_sizes(), "dtype": "bfloat16"
+        "task": "tiny", "variant": {}, "sizes": task.split_sizes(), "dtype": "bfloat16",
+        "identity": task.identity(),
     }  # fmt: skip
     main(["tasks", "tiny", "--json", "--no-zero-shot", "--dtype", "auto"])  # auto = float32
     (info,) = json.loads(capsys.readouterr().out)

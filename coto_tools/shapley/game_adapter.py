@@ -205,8 +205,10 @@ def game_fingerprint(
     scalings: Mapping[str, Any] | None = None,
     inputs: Mapping[str, str] | None = None,
     dtype: str = "float32",
+    identity: Mapping[str, Any] | None = None,
 ) -> str:
-    """A short stable id of an adapter game: everything that changes a value. The adapter
+    """A short stable id of an adapter game: everything that changes a value. The task's
+    ``identity`` (:meth:`~coto_tools.tasks.base.Task.identity`: labels, prompt texts), the adapter
     weights' hash and ``scalings`` (:func:`adapter_scalings`: the config's alphas, ranks,
     rsLoRA), the task and its options, ``inputs`` (``{path: content_digest}`` of the data,
     plugin and local base model the task reads), the split, the players, the metrics,
@@ -217,6 +219,7 @@ def game_fingerprint(
         "scalings": dict(scalings or {}),
         "task": task,
         "task_variant": dict(task_variant),
+        "task_identity": dict(identity or {}),
         "inputs_sha256": dict(sorted((inputs or {}).items())),
         "split": split,
         "grouping": players.grouping,

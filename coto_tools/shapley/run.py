@@ -354,6 +354,7 @@ def shapley_run(
         metrics=metrics,
         scalings=adapter_scalings(prep.adapter),
         inputs=prep.inputs_sha256,
+        identity=prep.task.identity(),
         dtype=(
             dtype_name(evaluator.dtype)
             if getattr(evaluator, "dtype", None) is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,6 +167,13 @@ class Task(ABC):
         return {s: sum(len(b) for b in self.batches(s)) for s in ("eval", "quick")} | {
             "train": self.train_size()
         }
+
+    def identity(self) -> dict[str, Any]:
+        """What defines this task's values beyond its name and options (JSON-able): its labels,
+        and in subclasses whatever else a value depends on (e.g. the label prompts' text).
+        Caches of values (zero-shot accuracies, Shapley logs) key on it, so a change of meaning
+        that keeps the name and options is not served stale values."""
+        return {"labels": list(self.labels)}
 
 
 def uses_metric_sums(task: Task) -> bool:

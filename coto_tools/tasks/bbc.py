@@ -25,6 +25,7 @@ import importlib.util
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -301,6 +302,11 @@ class BbcTask(PromptTask):
         )
         labels = torch.tensor([self.labels.index(d.cls) for d in docs], dtype=torch.int64)
         return EncodedSplit(ids, mask, labels)
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {
+            "prompts": [prompt_text(self.variant.prompts, c) for c in self.labels]
+        }
 
     def _encode_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._tokenize([prompt_text(self.variant.prompts, c) for c in self.labels], 64)

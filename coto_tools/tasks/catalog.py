@@ -3,7 +3,8 @@
 Zero-shot accuracy = the base model with no adapter on the ``eval`` split. Computing it takes a
 full evaluation (seconds for the BBC tasks), so it is computed only on request and then kept in
 ``<cache dir>/zero_shot.json`` (cache dir: ``$COTO_TOOLS_CACHE``, else
-``$XDG_CACHE_HOME/coto-tools``, else ``~/.cache/coto-tools``), keyed by task name, options and
+``$XDG_CACHE_HOME/coto-tools``, else ``~/.cache/coto-tools``), keyed by task name, identity
+(labels, prompt texts: :meth:`Task.identity`), options and
 split sizes (and the dtype, when not float32: ``--dtype``).
 """
 
@@ -72,9 +73,15 @@ def zero_shot_metrics(
 
 
 def _cache_key(
-    name: str, variant: Mapping[str, Any], sizes: Mapping[str, int], dtype: str = "float32"
+    name: str,
+    variant: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    dtype: str = "float32",
+    identity: Mapping[str, Any] | None = None,
 ) -> str:
     key: dict[str, Any] = {"task": name, "variant": dict(variant), "sizes": dict(sizes)}
+    if identity is not None:  # the labels and prompt texts (Task.identity)
+        key["identity"] = dict(identity)
     if dtype != "float32":  # float32 entries keep the key they had before --dtype existed
         key["dtype"] = dtype
     return json.dumps(key, sort_keys=True)
@@ -109,7 +116,7 @@ def describe_tasks(
     for name in names:
         task = get_task(name, **variant)
         sizes = task.split_sizes()
-        key = _cache_key(name, variant, sizes, dtype)
+        key = _cache_key(name, variant, sizes, dtype, task.identity())
         zs = stored.get(key)
         if zs is None and zero_shot:
             m = zero_shot_metrics(task, dtype=dtype)
