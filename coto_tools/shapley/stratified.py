@@ -32,8 +32,8 @@ Efficiency: every sample's ``Y_s`` sums to ``v(N) - v(empty)`` and ``sum_i Z_si 
 ``sum_i a_i - (v(N) - v(empty)) = -sum_i b_i mean(Z_i)`` is small; it is removed by the
 variance-weighted projection (as in :mod:`.svarm`), which makes efficiency exact and shrinks the
 reported standard errors accordingly. On the three real 12-player adapter tables in
-benchmarks/data this needs 0.25-0.65x the evaluations of plain antithetic sampling for the same
-error (benchmarks/results/shapley_estimators_real.txt).
+benchmarks/data this needs 0.175-0.65x the evaluations of plain antithetic sampling for the
+same error (benchmarks/results/shapley_estimators_real.txt).
 """
 
 from __future__ import annotations
