@@ -128,6 +128,19 @@ class Sampler(Protocol):
     def dof(self) -> int: ...
 
 
+def project_efficient(
+    values: np.ndarray, var: np.ndarray, gap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make independent per-player estimates sum to ``v(N) - v(∅)``: the shortfall ``gap`` is
+    spread in proportion to the players' variances (equal shares when every variance is 0), the
+    minimum-variance correction under the sum constraint; each variance shrinks by
+    ``var_i² / Σ var``. ``var`` must be non-negative. Returns ``(values, var)``."""
+    total = float(var.sum())
+    if total > 0:
+        return values + var / total * gap, np.clip(var - var * var / total, 0.0, None)
+    return values + gap / values.size, var
+
+
 def run_sampler(
     cached: CachedGame,
     sampler: Sampler,

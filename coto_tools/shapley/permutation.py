@@ -23,6 +23,16 @@ from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.result import ShapleyResult
 
 
+def marginals(order: np.ndarray, values: np.ndarray, v_empty: float, v_full: float) -> np.ndarray:
+    """Each player's marginal contribution along one permutation: ``order`` (n,) the players in
+    the order they join, ``values`` (n-1,) the values of its proper non-empty prefixes; returns
+    ``(n,)`` indexed by player."""
+    chain = np.concatenate(([v_empty], values, [v_full]))
+    row = np.empty(len(order))
+    row[order] = np.diff(chain)
+    return row
+
+
 class PermutationSampler:
     """Per-sample marginal-contribution vectors; ``antithetic`` pairs each permutation with
     its reverse and makes the pair's mean one sample."""
@@ -49,10 +59,7 @@ class PermutationSampler:
         return keys
 
     def _walk(self, order: np.ndarray, values: np.ndarray) -> np.ndarray:
-        chain = np.concatenate(([self.v_empty], values, [self.v_full]))
-        row = np.empty(self.n)
-        row[order] = np.diff(chain)
-        return row
+        return marginals(order, values, self.v_empty, self.v_full)
 
     def add(self, keys: Sequence[int], values: np.ndarray) -> None:
         order = self._orders[self.n_samples]

@@ -43,8 +43,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from coto_tools.shapley._bits import prefix_keys
-from coto_tools.shapley._sampling import ProgressArg, SamplingConfig, run_sampler
+from coto_tools.shapley._sampling import (
+    ProgressArg,
+    SamplingConfig,
+    project_efficient,
+    run_sampler,
+)
 from coto_tools.shapley.cache import CachedGame
+from coto_tools.shapley.permutation import marginals
 from coto_tools.shapley.result import ShapleyResult
 
 
@@ -100,10 +106,7 @@ class StratifiedSampler:
         return prefix_keys(order[:-1]) + prefix_keys(order[::-1][:-1])
 
     def _walk(self, order: np.ndarray, values: np.ndarray) -> np.ndarray:
-        chain = np.concatenate(([self.v_empty], values, [self.v_full]))
-        row = np.empty(self.n)
-        row[order] = np.diff(chain)
-        return row
+        return marginals(order, values, self.v_empty, self.v_full)
 
     def add(self, keys: Sequence[int], values: np.ndarray) -> None:
         order = self._orders[self.n_samples]
@@ -174,14 +177,7 @@ def control_variate_fit(
         dof = m - 1
     if m < 2:
         return a + (delta - a.sum()) / n, np.full(n, np.nan), dof
-    var = np.clip(var, 0.0, None)
-    total = float(var.sum())
-    gap = delta - float(a.sum())
-    if total > 0:
-        a = a + var / total * gap
-        var = np.clip(var - var * var / total, 0.0, None)
-    else:
-        a = a + gap / n
+    a, var = project_efficient(a, np.clip(var, 0.0, None), delta - float(a.sum()))
     return a, np.sqrt(var), dof
 
 
@@ -239,14 +235,7 @@ def multi_covariate_fit(
         resid = y[:, i] - x @ beta
         a[i] = beta[0]
         var[i] = float(resid @ resid) / (m - 1 - k) * xtx_inv[0, 0]
-    var = np.clip(var, 0.0, None)
-    total = float(var.sum())
-    gap = delta - float(a.sum())
-    if total > 0:
-        a = a + var / total * gap
-        var = np.clip(var - var * var / total, 0.0, None)
-    else:
-        a = a + gap / n
+    a, var = project_efficient(a, np.clip(var, 0.0, None), delta - float(a.sum()))
     return a, np.sqrt(var), m - 1 - k
 
 

@@ -30,7 +30,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from coto_tools.shapley._bits import full_key
-from coto_tools.shapley._sampling import ProgressArg, SamplingConfig, run_sampler
+from coto_tools.shapley._sampling import (
+    ProgressArg,
+    SamplingConfig,
+    project_efficient,
+    run_sampler,
+)
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.result import ShapleyResult
 
@@ -160,12 +165,7 @@ class SvarmSampler:
                     mvar = np.clip(svar, 0.0, None) / np.maximum(cnt, 1)
                 phi += factor * mean / n
                 var += mvar / (n * n)
-        total = var.sum()
-        weights = var / total if total > 0 else np.full(n, 1.0 / n)
-        gap = (self.v_full - self.v_empty) - phi.sum()
-        phi = phi + weights * gap
-        if total > 0:
-            var = np.clip(var - var * var / total, 0.0, None)
+        phi, var = project_efficient(phi, var, (self.v_full - self.v_empty) - float(phi.sum()))
         return phi, np.sqrt(var)
 
     def estimate(self) -> tuple[np.ndarray, np.ndarray]:
