@@ -18,7 +18,6 @@ Rerun:  python benchmarks/bad_input_census.py [--timeout 60] [--only corpus,cli,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import resource
 import shutil
@@ -33,23 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-
-def snapshot(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in sorted(dirnames + filenames):
-            p = Path(dirpath) / n
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = f"link {os.readlink(p)}"
-            elif p.is_dir():
-                out[rel] = "dir"
-            elif os.access(p, os.R_OK):
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-            else:
-                st = p.lstat()
-                out[rel] = f"unreadable {st.st_size} {st.st_mtime_ns}"
-    return out
+from test_reliability_corpus import snapshot  # noqa: E402 - the corpus's own rule, from tests/
 
 
 def run_case(argv: list[str], cwd: Path, around: Path, timeout: float) -> tuple[str, str]:

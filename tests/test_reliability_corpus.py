@@ -549,7 +549,7 @@ FAMILIES = {"loss", "hang", "plugin", "json", "resume", "merge", "alpha"}
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every entry under ``root``: folders, links (their target) and files (SHA-256 of the
-    bytes, and the mode)."""
+    bytes, and the mode; a file this user cannot read: its size, time and mode)."""
     out: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for n in sorted(dirnames + filenames):
@@ -559,9 +559,12 @@ def snapshot(root: Path) -> dict[str, str]:
                 out[rel] = f"link {os.readlink(p)}"
             elif p.is_dir():
                 out[rel] = "dir"
-            else:
+            elif os.access(p, os.R_OK):
                 digest = hashlib.sha256(p.read_bytes()).hexdigest()
                 out[rel] = f"{digest} {oct(p.stat().st_mode)}"
+            else:
+                st = p.lstat()
+                out[rel] = f"unreadable {st.st_size} {st.st_mtime_ns} {oct(st.st_mode)}"
     return out
 
 

@@ -31,9 +31,10 @@ row), so little compute goes to padding; per-example outputs (multiple choice) f
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,7 +45,17 @@ from coto_tools.tasks.base import Batch, MetricSums, Task
 from coto_tools.tasks.data_files import DataFormat
 from coto_tools.tasks.user import UserOptions, _pad, _UserBase
 
+T = TypeVar("T")
+
 SCORE_MASK = "score_mask"
+
+
+def _take(items: Sequence[T], indices: np.ndarray) -> list[T]:
+    """``items`` at the training ``indices`` (any shape, flattened); refuses one out of range."""
+    idx = [int(i) for i in np.asarray(indices, dtype=np.int64).ravel()]
+    if any(not 0 <= i < len(items) for i in idx):
+        raise OptionError(f"train indices must be in [0, {len(items)})")
+    return [items[i] for i in idx]
 
 
 @dataclass(frozen=True)
@@ -167,11 +178,7 @@ class _ScoredLmBase(_UserBase, Task):
         return len(self.records)
 
     def train_batch(self, indices: np.ndarray) -> Batch:
-        seqs = self.sequences()
-        idx = [int(i) for i in np.asarray(indices, dtype=np.int64).ravel()]
-        if any(not 0 <= i < len(seqs) for i in idx):
-            raise OptionError(f"train indices must be in [0, {len(seqs)})")
-        return self._batch([seqs[i] for i in idx])
+        return self._batch(_take(self.sequences(), indices))
 
     def build_model(self) -> nn.Module:
         return self.load_model()
@@ -352,11 +359,7 @@ class MultipleChoiceTask(_ScoredLmBase):
         return out
 
     def train_batch(self, indices: np.ndarray) -> Batch:
-        qs = self.questions()
-        idx = [int(i) for i in np.asarray(indices, dtype=np.int64).ravel()]
-        if any(not 0 <= i < len(qs) for i in idx):
-            raise OptionError(f"train indices must be in [0, {len(qs)})")
-        return self._question_batch([qs[i] for i in idx])
+        return self._question_batch(_take(self.questions(), indices))
 
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         lp, _, valid = token_scores(model, batch)
