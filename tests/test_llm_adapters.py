@@ -380,6 +380,16 @@ def test_cli_players_map(env: dict[str, Path], capsys, tmp_path: Path) -> None: 
         "model.layers.1.self_attn.q_proj",
         "model.layers.1.self_attn.v_proj",
     ]
+    # the map and what each player switches are recorded, so the CSV can be read later
+    assert summary["players_map"] == {
+        "file": str(pmap),
+        "rules": {r"\.mlp\.": "mlp", r"layers\.0\.": "attn0"},
+    }
+    assert summary["player_modules"]["attn0"] == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.0.self_attn.v_proj",
+    ]
+    assert summary["player_modules"][OTHER] == summary["other"]
 
 
 def test_prune_ranks_the_players_of_a_players_map(  # type: ignore[no-untyped-def]

@@ -68,7 +68,7 @@ def shapley_cmd(
         _D.estimator,
         "--estimator",
         help="auto: exact when 2^n <= budget (n <= 16), else stratified (antithetic pairs "
-        "balanced over positions, with a position control variate).",
+        "balanced over positions, with position control variates).",
     ),
     budget: int | None = typer.Option(
         None,

@@ -32,7 +32,7 @@ class ShapleyResult:
 
     ``values``, ``std_errors``, ``ci_low``, ``ci_high``: ``(n_players,)``; the 95% interval is
     ``values +- t_{0.975, dof} std_errors`` with ``dof`` the estimator's degrees of freedom
-    (samples - 1; samples - 2 or - 3 for ``stratified``, which fits one or two covariates;
+    (samples - 1, also for ``stratified``, whose covariate slopes are shared by all players;
     zero width for ``exact``, whose ``dof`` is infinite).
     ``evaluations``: distinct coalitions used (v(N) and v(empty) included); ``computed``: how
     many of those the game evaluated in this run (the rest came from a log or a shared cache).

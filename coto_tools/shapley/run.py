@@ -165,6 +165,8 @@ class Prepared:
     weights_sha256: str
     inputs_sha256: dict[str, str] = field(default_factory=dict)
     """``{path: content digest}`` of the files the task reads (data, plugin, base model)."""
+    players_map: dict[str, str] | None = None
+    """The ``--players-map`` rules as read (regex -> player), recorded in ``shapley.json``."""
 
 
 @dataclass(frozen=True)
@@ -263,8 +265,9 @@ def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
     check_output(out, [ckpt, *reads], replaces=False, inside_ok=True)
     task = get_task(task_name, **variant)
     adapter = load_adapter(ckpt)
-    if config.players_map is not None:
-        players = players_from_map(adapter.modules, read_players_map(config.players_map))
+    rules = read_players_map(config.players_map) if config.players_map is not None else None
+    if rules is not None:
+        players = players_from_map(adapter.modules, rules)
     else:
         players = make_players(adapter.modules, config.players)
     if len(players) < 1:
@@ -279,6 +282,7 @@ def prepare(checkpoint: str | Path, config: ShapleyConfig) -> Prepared:
         out=out,
         weights_sha256=weights_hash(ckpt),
         inputs_sha256={str(p): content_digest(p) for p in reads},
+        players_map=rules,
     )
 
 
@@ -498,6 +502,16 @@ def _run(
         "dtype": str(getattr(evaluator, "dtype", "float32")).removeprefix("torch."),
         "grouping": prep.players.grouping,
         "other": list(prep.players.other),
+        # which adapter modules each player switches (a --players-map's rules beside them)
+        "player_modules": {
+            name: list(members)
+            for name, members in zip(prep.players.names, prep.players.members, strict=True)
+        },
+        "players_map": (
+            None
+            if config.players_map is None
+            else {"file": str(config.players_map), "rules": prep.players_map}
+        ),
         "metric": config.metric.value,
         "estimator_requested": requested.estimator.value,
         "budget": config.effective_budget(),

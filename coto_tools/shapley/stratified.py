@@ -11,29 +11,33 @@ the antithetic position class ``{k, n - 1 - k}``). Two steps do it here:
 1. *Balanced design.* Permutations come in blocks in which every player visits every position
    class exactly once (``n`` even: ``n / 2`` pairs, a base permutation shifted by ``2 j``, whose
    parity-preserving shifts cover each class ``{k, n - 1 - k}`` once; ``n`` odd: ``n`` pairs, shifts
-   by ``j``); the rows of a block come in random order and the two players of each class swap at
-   random, so each pair is still a uniform permutation and its reverse.
-2. *Control variate* (regression estimator, e.g. Glasserman 2004, section 4.1). For player ``i``
-   and sample ``s``, ``Y_si`` is the pair's mean marginal contribution and
-   ``Z_si = f(pos_si) - mean_k f(k)`` with ``f(k) = ((k - c) / c)^2``, ``c = (n - 1) / 2``, whose
-   mean under uniform permutations is 0 exactly. The estimate is the intercept of the least-squares
-   line ``Y_i ~ a_i + b_i Z_i``; its standard error is the ordinary one,
-   ``s_i^2 (1 / m + mean(Z_i)^2 / S_zz)`` with ``m - 2`` degrees of freedom. After complete blocks
-   ``mean(Z_i) = 0`` and the estimate is the plain stratified mean; the line also handles a
-   partial last block and a budget that ends mid-block.
-3. From 6 samples on, a second covariate: the squared imbalance of the *estimated values*
-   before and after the player, ``((W_before - W_after) / W)^2`` centred by its exact mean
-   (:func:`weighted_position_covariate`): saturation depends on how much of the game is on,
-   not only on how many adapters; ``m - 3`` degrees of freedom. On the two 48-document tables
-   it cut the error at 250-300 evaluations by about a third (0.055 -> 0.035); on the stored
-   table it changed nothing.
+   by ``j``); the two players of each class swap at random, so each pair is still a uniform
+   permutation and its reverse. The rows come in a paired order (two consecutive rows put a
+   player about ``n / 2`` positions apart: an outer and a middle class), so a budget that ends
+   mid-block still leaves each player's positions nearly balanced.
+2. *Control variates* (regression estimator, e.g. Glasserman 2004, section 4.1). For player
+   ``i`` and sample ``s``, ``Y_si`` is the pair's mean marginal contribution, and two covariates
+   with mean 0 under uniform permutations describe where the player stood:
+   ``Z1_si = f(pos_si) - mean_k f(k)`` with ``f(k) = ((k - c) / c)^2``, ``c = (n - 1) / 2`` (how
+   many adapters were on before it, folded by the antithetic pair), and ``Z2_si``, the squared
+   imbalance of the *estimated values* before and after the player, centred by its exact mean
+   (:func:`weighted_position_covariate`: saturation depends on how much of the game is on, not
+   only on how many adapters). The estimate is the intercept ``a_i`` of
+   ``Y_si ~ a_i + w_i (b1 Z1_si + b2 Z2_si)`` with the slopes ``b1, b2`` shared by all players
+   and ``w_i`` the player's size from a first per-player fit (:func:`pooled_covariate_fit`):
+   saturation scales a player's position effect by its size, and two shared slopes estimated
+   from ``n m`` observations leave each player ``m - 1`` degrees of freedom where per-player
+   slopes left ``m - 3``. After complete blocks ``mean(Z1_i) = 0``; the fit handles a partial
+   last block and a budget that ends mid-block.
 
-Efficiency: every sample's ``Y_s`` sums to ``v(N) - v(empty)`` and ``sum_i Z_si = 0``, so the gap
-``sum_i a_i - (v(N) - v(empty)) = -sum_i b_i mean(Z_i)`` is small; it is removed by the
-variance-weighted projection (as in :mod:`.svarm`), which makes efficiency exact and shrinks the
-reported standard errors accordingly. On the three real 12-player adapter tables in
-benchmarks/data this needs 0.175-0.65x the evaluations of plain antithetic sampling for the
-same error (benchmarks/results/shapley_estimators_real.txt).
+Efficiency: every sample's ``Y_s`` sums to ``v(N) - v(empty)``, so the gap
+``sum_i a_i - (v(N) - v(empty))`` is small; it is removed by the variance-weighted projection
+(as in :mod:`.svarm`), which makes efficiency exact and shrinks the reported standard errors
+accordingly. On the three real 12-player adapter tables in benchmarks/data this reaches relative
+L2 error 0.05 (median of 20 seeds) in 90-200 evaluations, 0.22-0.45x the best shapiq
+approximator's count (benchmarks/results/shapley_estimators_real.txt); the paired row order and
+the shared slopes took the stored table from 130 to 90 evaluations (chosen on 60 seeds,
+reported on the benchmark's 20).
 """
 
 from __future__ import annotations
@@ -66,19 +70,40 @@ def position_covariate(n_players: int) -> np.ndarray:
 def balanced_block(n_players: int, rng: np.random.Generator) -> list[np.ndarray]:
     """One block of permutations in which every player visits every antithetic position class
     ``{k, n - 1 - k}`` exactly once (``n`` even: ``n / 2`` rows; odd: ``n`` rows, each position
-    once), in random row order; each row is marginally a uniform permutation."""
+    once); each row is marginally a uniform permutation.
+
+    The rows come in a *paired* order (:func:`paired_row_order`): consecutive rows shift every
+    player by about ``n / 2`` positions, so after any even number of rows each player has
+    visited outer and middle classes in balance, not only after the whole block (a budget that
+    ends mid-block is the common case: 4 of the 6 rows of a 12-player block fit in 100
+    evaluations)."""
     n = n_players
     base = rng.permutation(n)  # base[p] = player at base position p
     rows, step = (n // 2, 2) if n % 2 == 0 else (n, 1)
     half = n // 2
     block = []
-    for j in rng.permutation(rows):
+    for j in paired_row_order(rows, rng):
         order = np.empty(n, dtype=np.int64)
         order[(np.arange(n) - step * int(j)) % n] = base
         swap = np.nonzero(rng.random(half) < 0.5)[0]
         order[swap], order[n - 1 - swap] = order[n - 1 - swap], order[swap].copy()
         block.append(order)
     return block
+
+
+def paired_row_order(rows: int, rng: np.random.Generator) -> list[int]:
+    """The rows ``0..rows-1`` of a block in the order ``j0, j0 + h, j0 + 1, j0 + 1 + h, ...``
+    (mod ``rows``, ``h = rows // 2``; an odd count ends with the row left over), ``j0`` uniform:
+    two consecutive rows put a player about half the permutation apart (an outer and a middle
+    position class)."""
+    h = rows // 2
+    j0 = int(rng.integers(rows)) if rows > 1 else 0
+    seq = []
+    for t in range(h):
+        seq += [(j0 + t) % rows, (j0 + t + h) % rows]
+    if rows % 2:
+        seq.append((j0 + rows - 1) % rows)
+    return seq
 
 
 class StratifiedSampler:
@@ -123,14 +148,16 @@ class StratifiedSampler:
         z = np.asarray(self._z).reshape(-1, self.n)[idx]
         delta = self.v_full - self.v_empty
         first = control_variate_fit(y, z, delta)
-        if y.shape[0] < MIN_SAMPLES_WEIGHTED:
+        if y.shape[0] < 2:
             return first
+        scale = np.maximum(first[0], 0.0)
+        covariates = [z]
         orders = self._orders[: self.n_samples][idx]
-        z2 = weighted_position_covariate(orders, np.maximum(first[0], 0.0))
-        if z2 is None:
-            return first
-        second = multi_covariate_fit(y, np.stack([z, z2], axis=-1), delta)
-        return first if second is None else second
+        z2 = weighted_position_covariate(orders, scale)
+        if z2 is not None:
+            covariates.append(z2)
+        pooled = pooled_covariate_fit(y, np.stack(covariates, axis=-1), scale, delta)
+        return first if pooled is None else pooled
 
     def estimate(self) -> tuple[np.ndarray, np.ndarray]:
         est, se, _ = self._fit(slice(None))
@@ -181,9 +208,41 @@ def control_variate_fit(
     return a, np.sqrt(var), dof
 
 
-MIN_SAMPLES_WEIGHTED = 6
-"""The weighted-position covariate is fitted from this many samples on (2 covariates + the
-intercept leave ``m - 3`` degrees of freedom)."""
+def pooled_covariate_fit(
+    y: np.ndarray, z: np.ndarray, scale: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Per-player intercepts of ``y[:, i] ~ a_i + scale_i * z[:, i, :] b`` with slopes ``b``
+    (``k`` of them) *shared* by all players (``y: (m, n)``, ``z: (m, n, k)`` with mean 0 under
+    the design, ``scale >= 0`` each player's rough size), projected onto ``sum(a) = delta``.
+
+    Saturation scales a player's position effect by the player's size, so one slope per
+    covariate for all players is estimated from ``n * m`` observations instead of ``m`` per
+    player: at a handful of samples the per-player fits (:func:`control_variate_fit`) spend most
+    of their degrees of freedom on slopes. Variance of ``a_i``: ``s_i^2 / m`` (``s_i^2`` the
+    player's residual variance, ``m - 1`` degrees of freedom) plus the shared slopes'
+    uncertainty through ``scale_i * mean(z_i)`` (heteroscedasticity-robust, HC0). Coverage is
+    measured in tests/test_shapley_coverage.py and on the real tables in benchmarks/results.
+    None below 2 samples."""
+    m, n, k = z.shape
+    if m < 2:
+        return None
+    ybar = y.mean(axis=0)
+    zbar = z.mean(axis=0)  # (n, k)
+    x = (z - zbar) * scale[None, :, None]  # (m, n, k)
+    xf = x.reshape(-1, k)
+    yc = (y - ybar).reshape(-1)
+    xtx = xf.T @ xf
+    xtx_inv = np.linalg.pinv(xtx)
+    beta = xtx_inv @ (xf.T @ yc)
+    g = zbar * scale[:, None]  # (n, k): how the slopes move each intercept
+    a = ybar - g @ beta
+    resid = (yc - xf @ beta).reshape(m, n)
+    s2 = (resid * resid).sum(axis=0) / (m - 1)
+    meat = (xf * (resid.reshape(-1, 1) ** 2)).T @ xf
+    cov_b = xtx_inv @ meat @ xtx_inv
+    var = s2 / m + np.einsum("ik,kl,il->i", g, cov_b, g)
+    a, var = project_efficient(a, np.clip(var, 0.0, None), delta - float(a.sum()))
+    return a, np.sqrt(var), m - 1
 
 
 def weighted_position_covariate(
@@ -212,31 +271,6 @@ def weighted_position_covariate(
     others = total - weights
     mean = (others_sq + (others * others - others_sq) / 3.0) / (total * total)
     return out - mean
-
-
-def multi_covariate_fit(
-    y: np.ndarray, z: np.ndarray, delta: float
-) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Per-player intercepts of ``y[:, i] ~ a_i + z[:, i, :] b_i`` (``z: (m, n, k)``, mean 0 under
-    the design), OLS standard errors with ``m - 1 - k`` degrees of freedom, projected onto
-    ``sum(a) = delta`` as in :func:`control_variate_fit`. None when some player's design is
-    rank-deficient (e.g. all weights equal: the second covariate is the first one rescaled)."""
-    m, n, k = z.shape
-    if m - 1 - k < 2:
-        return None
-    a = np.empty(n)
-    var = np.empty(n)
-    for i in range(n):
-        x = np.column_stack([np.ones(m), z[:, i, :]])
-        if np.linalg.matrix_rank(x) < k + 1:
-            return None
-        xtx_inv = np.linalg.inv(x.T @ x)
-        beta = xtx_inv @ (x.T @ y[:, i])
-        resid = y[:, i] - x @ beta
-        a[i] = beta[0]
-        var[i] = float(resid @ resid) / (m - 1 - k) * xtx_inv[0, 0]
-    a, var = project_efficient(a, np.clip(var, 0.0, None), delta - float(a.sum()))
-    return a, np.sqrt(var), m - 1 - k
 
 
 def estimate_stratified(
