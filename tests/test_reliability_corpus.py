@@ -93,6 +93,24 @@ PLUGINS = {
     "plug_fn_raises.py": "def make():\n    raise KeyError('missing thing')\n",
     "plug_fn_exit.py": "import sys\ndef make():\n    sys.exit(3)\n",
     "plug_not_task.py": "def make():\n    return 42\n",
+    # code that runs but returns malformed data (rather than raising)
+    "plug_batches_none.py": "from coto_tools.tasks.tiny import TinyTask\n"
+    "class Bad(TinyTask):\n"
+    "    def batches(self, split, batch_size=64):\n"
+    "        return [None]\n"
+    "def make():\n    return Bad()\n",
+    "plug_batches_empty.py": "from coto_tools.tasks.tiny import TinyTask\n"
+    "class Bad(TinyTask):\n"
+    "    def batches(self, split, batch_size=64):\n"
+    "        return []\n"
+    "def make():\n    return Bad()\n",
+    "plug_labels_2d.py": "from coto_tools.tasks.tiny import TinyTask\n"
+    "from coto_tools.tasks.base import Batch\n"
+    "class Bad(TinyTask):\n"
+    "    def batches(self, split, batch_size=64):\n"
+    "        return [Batch(b.inputs, b.labels.view(-1, 1).float())\n"
+    "                for b in super().batches(split, batch_size)]\n"
+    "def make():\n    return Bad()\n",
     "plug_data.py": "from coto_tools.tasks.tiny import TinyTask\n"
     "def make(data):\n    return TinyTask()\n",
     # module:function forms (the folder is put on sys.path)
@@ -414,6 +432,14 @@ for plugin, needle in (("plug_batches.py", "batches() failed"),
         plugin,
         needle,
     )
+for plugin, needle in (("plug_batches_none.py", "batches() returned"),
+                       ("plug_batches_empty.py", "no batches"),
+                       ("plug_labels_2d.py", "labels")):  # fmt: skip
+    stem = plugin.removesuffix(".py").removeprefix("plug_")
+    C("plugin", f"shapley-plugin-{stem}", f"shapley ck --task-plugin {plugin}:make {Q}", plugin,
+      needle)  # fmt: skip
+    C("plugin", f"prune-plugin-{stem}", f"prune ck --task-plugin {plugin}:make {Q} --out p",
+      plugin, needle)  # fmt: skip
 for plugin, needle in (("plug_batches.py", "batches() failed"), ("plug_import.py", "broke"),
                        ("plug_exit.py", "sys.exit")):  # fmt: skip
     stem = plugin.removesuffix(".py").removeprefix("plug_")

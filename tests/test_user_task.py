@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,3 +221,48 @@ def test_plugin_from_file_and_module(tmp_path: Path) -> None:
         get_task("plugin", spec=f"{f}:wrong", options={"data": "x"})
     spec = user_task_spec(UserTaskArgs(task_plugin=f"{f}:make", limit=3), [])
     assert get_task(str(spec)).plugin_options == {"limit": 3}  # type: ignore[attr-defined]
+
+
+BAD_RETURNS = """
+import torch
+from coto_tools.tasks.tiny import TinyTask
+
+class Bad(TinyTask):
+    def train_batch(self, indices):
+        return "not a batch"
+
+    def train_size(self):
+        return 0
+
+    def logits(self, model, batch):
+        return super().logits(model, batch)[:1]
+
+class FewClasses(TinyTask):
+    def logits(self, model, batch):
+        return super().logits(model, batch)[:, :1]
+
+def make():
+    return Bad()
+
+def few():
+    return FewClasses()
+"""
+
+
+def test_plugin_return_values_are_checked(tmp_path: Path) -> None:
+    """A plugin method that returns malformed data (rather than raising) is one TaskError naming
+    the method, not an AttributeError deep in the evaluator or the trainer."""
+    f = tmp_path / "bad_returns.py"
+    f.write_text(BAD_RETURNS)
+    task = get_task("plugin", spec=f"{f}:make")
+    with pytest.raises(TaskError, match=r"train_batch\(\) returned a str, not a Batch"):
+        task.train_batch(np.arange(2))
+    with pytest.raises(TaskError, match=r"train_size\(\) returned 0, not a positive int"):
+        task.train_size()
+    model = task.build_model()
+    batch = task.batches("eval")[0]
+    with pytest.raises(TaskError, match=r"logits\(\) returned \(1, \d+\); expected"):
+        task.logits(model, batch)
+    few = get_task("plugin", spec=f"{f}:few")
+    with pytest.raises(TaskError, match=r"1 classes but the batch has labels 0\.\.\d"):
+        few.logits(few.build_model(), few.batches("eval")[0])

@@ -21,8 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from coto_tools.errors import TaskError
-from coto_tools.tasks.base import Task
+from coto_tools.tasks.base import Batch, Task
 
 _REQUIRED = ("build_model", "default_targets", "batches", "train_size", "train_batch", "logits")
 
@@ -87,13 +89,78 @@ class _Guarded:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return self.method(*args, **kwargs)
+            result = self.method(*args, **kwargs)
         except TaskError:
             raise
         except (Exception, SystemExit) as exc:
             raise TaskError(
                 f"--task-plugin {self.spec}: the task's {self.name}() failed: {_describe(exc)}"
             ) from exc
+        problem = _check_result(self.name, result, args)
+        if problem is not None:
+            raise TaskError(
+                f"--task-plugin {self.spec}: the task's {self.name}() returned {problem}"
+            )
+        return result
+
+
+def _check_result(name: str, result: Any, args: tuple[Any, ...]) -> str | None:
+    """What is wrong with a plugin method's return value, in words (None: nothing found).
+    Shapes and types only: cheap enough for every call."""
+    if name == "batches":
+        if not isinstance(result, (list, tuple)):
+            return f"a {type(result).__name__}, not a list of Batch"
+        if not result:
+            return "no batches (an empty list): the split has no examples"
+        for i, batch in enumerate(result):
+            problem = _batch_problem(batch)
+            if problem is not None:
+                return f"{problem} (batch {i})"
+    elif name == "train_batch":
+        return _batch_problem(result)
+    elif name == "train_size":
+        if isinstance(result, bool) or not isinstance(result, int) or result < 1:
+            return f"{result!r}, not a positive int"
+    elif name == "logits" and len(args) >= 2 and isinstance(args[1], Batch):
+        n = len(args[1])
+        if not isinstance(result, torch.Tensor) or result.ndim != 2 or result.shape[0] != n:
+            shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result)
+            return f"{shape}; expected (n_examples, n_classes) = ({n}, C) logits"
+        if not result.is_floating_point():
+            return f"logits of dtype {result.dtype}; expected floating point"
+        labels = args[1].labels
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= result.shape[1]):
+            return (
+                f"{result.shape[1]} classes but the batch has labels "
+                f"{int(labels.min())}..{int(labels.max())}"
+            )
+    return None
+
+
+def _batch_problem(batch: Any) -> str | None:
+    if not isinstance(batch, Batch):
+        return f"a {type(batch).__name__}, not a Batch"
+    inputs = batch.inputs
+    if not isinstance(inputs, Mapping) or not inputs:
+        return "a Batch whose inputs are not a non-empty dict of tensors"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inputs.items()):
+        return "a Batch whose inputs are not all tensors (name -> torch.Tensor)"
+    labels = batch.labels
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.ndim != 1
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+        or labels.numel() == 0
+    ):
+        what = (
+            f"shape {tuple(labels.shape)}, dtype {labels.dtype}"
+            if isinstance(labels, torch.Tensor)
+            else type(labels).__name__
+        )
+        return f"a Batch whose labels are not a non-empty 1-d integer tensor ({what})"
+    return None
 
 
 def _guard(task: Task, spec: str) -> Task:
