@@ -77,6 +77,11 @@ def test_quick_writes_every_section_and_claim(quick_dir: Path) -> None:
     pruning = next(r for r in by["pruning robustness"]["rows"] if r["primary"])
     assert pruning["measure"].startswith("everyother drop") and pruning["n_docs"] is not None
     assert "Verdict rule" in html and html_escape(claims["rule"]) in html
+    # the pruning table has one column per configuration: "full" is every adapter on, so the
+    # strategy "all" (the same configuration) is not repeated beside it
+    prune_md = md.split("## 3. Pruning robustness")[1].split("\n## ")[0]
+    header = next(line for line in prune_md.splitlines() if line.startswith("| run |"))
+    assert header.startswith("| run | full | none | ") and "| all |" not in header, header
     # tiny has no label subsets: the cross-task part is skipped with its reason
     assert "Skipped: the tiny task has no label-subset variants" in md
     for command in ("coto-tools train ", "coto-tools merge ", "coto-tools prune ",

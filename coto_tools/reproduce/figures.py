@@ -59,8 +59,9 @@ def single_figure(rows: Sequence[Mapping[str, Any]], zero_shot: float | None) ->
         acc = [r["accuracy"] for r in rows if r["method"] == m]
         mean, sd = _mean_sd(acc)
         yerr = error_bars([sd], [len(acc)])
-        ax.bar(i, mean, yerr=yerr, color=COLORS[m], alpha=0.5, capsize=4, width=0.6)
-        ax.plot([i] * len(acc), acc, "o", color=COLORS[m])
+        # the method's full colour, as in the pruning and cross-task bars; seeds as open dots
+        ax.bar(i, mean, yerr=yerr, color=COLORS[m], capsize=4, width=0.6)
+        ax.plot([i] * len(acc), acc, "o", mfc="white", mec="black", mew=0.8, ms=5)
     if zero_shot is not None:
         ax.axhline(zero_shot, color="0.4", ls="--", lw=1, label=f"zero-shot {zero_shot:.3f}")
     ax.set_xticks(range(len(METHOD_ORDER)), [NAMES[m] for m in METHOD_ORDER])
@@ -169,8 +170,8 @@ def cross_figure(summary: Mapping[str, Any]) -> Figure:
                 sds.append(sd)
                 ns.append(len(acc))
             x = np.arange(len(groups)) + (j - 0.5) * width
-            ax.bar(x, means, width, yerr=error_bars(sds, ns), color=COLORS[m], alpha=0.7,
-                   capsize=3, label=NAMES[m])  # fmt: skip
+            ax.bar(x, means, width, yerr=error_bars(sds, ns), color=COLORS[m], capsize=3,
+                   label=NAMES[m])  # fmt: skip
         ax.set_xticks(range(len(groups)), groups, fontsize=8)
         ax.set_title(f"evaluated on {task}", fontsize=9)
         ax.set_ylabel("accuracy")

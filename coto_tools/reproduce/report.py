@@ -371,7 +371,9 @@ def _sections(
             )
     if "prune" in s:
         runs = s["prune"]["runs"]
-        names = list(runs[0]["strategies"]) if runs else []
+        strategies = list(runs[0]["strategies"]) if runs else []
+        # "all" keeps every adapter: the same configuration as the "full" column
+        names = [k for k in strategies if k != "all"]
         rows = [["run", "full", "none", *names]]
         rows += [
             [
@@ -390,7 +392,7 @@ def _sections(
                     "removed, no retraining)."
                     + (
                         ""
-                        if len(names) > 3
+                        if len(strategies) > 3
                         else " This preset runs only the claim's strategies (everyother even "
                         "and odd); --quick and coto-tools prune run the paper's eight."
                     )

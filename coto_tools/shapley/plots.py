@@ -106,12 +106,13 @@ def plot_heatmap(
     ax.set_yticks(range(len(grid.rows)), grid.rows)
     ax.set_xlabel(LAYER_AXIS)
     fmt = fmt or cell_format(finite)
+    size = 9 if len(grid.cols) <= 8 else 7  # a 6-layer grid is shown small on the report page
     for i in range(len(grid.rows)):
         for j in range(len(grid.cols)):
             v = grid.matrix[i, j]
             if np.isfinite(v):
                 dark = abs(v) > 0.6 * scale
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=size,
                         color="white" if dark else "black")  # fmt: skip
     if title:
         ax.set_title(title, fontsize=9)
