@@ -89,7 +89,8 @@ def plot_interactions(
             colour = "white" if dark else "black"
             if n <= 10:
                 text = fmt.format(v) + ("*" if sig[i, j] and not inter.exact else "")
-                ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour)
+                size = 9 if n <= 6 else (8 if n <= 8 else 6)  # readable at report width
+                ax.text(j, i, text, ha="center", va="center", fontsize=size, color=colour)
             elif sig[i, j] and not inter.exact:
                 ax.plot(j, i, marker=".", ms=3, color=colour)
     if title:
