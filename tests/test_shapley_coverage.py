@@ -63,6 +63,17 @@ def test_stratified_coverage_at_default_budget():
     assert min(per_game.values()) >= 0.90, per_game
 
 
+def test_stratified_coverage_at_a_small_budget():
+    """At 100 evaluations (4 pairs, 3 dof) the pooled coverage is lower but above 0.90 (measured
+    0.92); the airport game, whose marginal contributions are rare large jumps, is the weak one
+    (measured 0.79 over 60 seeds x 12 players, quoted in the README). What this cannot detect:
+    a game whose jumps no draw of 4 pairs meets."""
+    per_game = {name: coverage("stratified", g, 60, budget=100)[0] for name, g in games().items()}
+    assert float(np.mean(list(per_game.values()))) >= 0.90, per_game
+    assert per_game["airport"] < 0.90, per_game  # the README's caveat is still true
+    assert min(v for k, v in per_game.items() if k != "airport") >= 0.93, per_game
+
+
 @pytest.mark.parametrize("estimator", ["permutation", "antithetic"])
 def test_t_interval_coverage_at_default_budget(estimator):
     """t quantiles with m - 1 degrees of freedom: at least 0.93 pooled, and never below the
