@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_shapley_estimators import SHAPIQ_SPECS, evals_to, rel_l2  # noqa: E402
-from bench_shapley_real import ensure_checkpoint, first_docs  # noqa: E402
+from bench_shapley_real import ensure_checkpoint, open_game  # noqa: E402
 
 from coto_tools.adapters.atomic import atomic_write_text  # noqa: E402
 from coto_tools.shapley import ESTIMATORS, Estimator, SamplingConfig  # noqa: E402
@@ -139,41 +139,22 @@ def record(n: int, runs) -> list[int]:
 
 
 def evaluate(args, keys: list[int]) -> tuple[dict[int, dict[str, float]], dict[str, Any]]:
-    import torch
     from tqdm.auto import tqdm
 
-    from coto_tools.adapters.players import make_players
     from coto_tools.runtime.evaluator import Evaluator
     from coto_tools.shapley import EvaluationLog
-    from coto_tools.shapley.game_adapter import AdapterGame, game_fingerprint, weights_hash
-    from coto_tools.tasks.base import METRIC_NAMES
-    from coto_tools.train import load_run
+    from coto_tools.shapley.game_adapter import AdapterGame, weights_hash
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = ensure_checkpoint(args.checkpoint, workdir, args.threads)
-    adapter, task, record_ = load_run(ckpt)
     kinds = tuple(args.kinds.split(","))
-    from coto_tools.adapters.keys import parse_module_name
-
-    modules = [m for m in adapter.modules if parse_module_name(m).kind in kinds]
-    players = make_players(modules, "module")
+    adapter, task, record_, players, split_label, fp = open_game(
+        ckpt, kinds, args.split, args.docs, args.threads
+    )
     n = len(players)
     if n != args.n:
         raise SystemExit(f"{ckpt}: {n} module players of kinds {kinds}, expected {args.n}")
-    adapter = adapter.subset(modules)
-    split_label = f"{args.split}[:{args.docs}]"
-    task = first_docs(task, args.docs)
-    fp = game_fingerprint(
-        weights=weights_hash(ckpt),
-        task=record_["task"],
-        task_variant=record_["task_variant"],
-        split=split_label,
-        players=players,
-        metrics=METRIC_NAMES,
-    )
     log = EvaluationLog(workdir / f"evaluations_{ckpt.name}_{split_label}_{n}.jsonl", fp, n)
     evaluator = Evaluator(task, adapter, split=args.split, batch_size=args.docs)
     game = AdapterGame(evaluator, players)

@@ -78,34 +78,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="table JSON (default benchmarks/data/...)")
     args = p.parse_args(argv)
 
-    import torch
-
-    from coto_tools.runtime.evaluator import Evaluator
-    from coto_tools.train import load_run
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = ensure_checkpoint(args.checkpoint, workdir, args.threads)
-    adapter, task, record = load_run(ckpt)
-    modules = [m for m in adapter.modules if _kind(m) in KINDS]
-    players = make_players(modules, "module")
-    n = len(players)
-    adapter = adapter.subset(modules)
-    split_label = args.split if args.docs is None else f"{args.split}[:{args.docs}]"
-    if args.docs is not None:
-        task = first_docs(task, args.docs)
-    fp = game_fingerprint(
-        weights=weights_hash(ckpt),
-        task=record["task"],
-        task_variant=record["task_variant"],
-        split=split_label,
-        players=players,
-        metrics=METRIC_NAMES,
+    adapter, task, record, players, split_label, fp = open_game(
+        ckpt, KINDS, args.split, args.docs, args.threads
     )
+    n = len(players)
     log_path = workdir / f"evaluations_{record['task']}_{split_label}_qv{n}.jsonl"
     log = EvaluationLog(log_path, fp, n)
+    from coto_tools.runtime.evaluator import Evaluator
+
     evaluator = Evaluator(task, adapter, split=args.split, batch_size=args.docs or 64)
     game = AdapterGame(evaluator, players)
     cached = CachedGame(game, n, metric="logprob", log=log)
@@ -163,6 +146,35 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sum {phi.sum():+.5f} = v(N) - v(empty) = {gain:+.5f}")
     print("rerun: python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]))
     print(f"next:  python benchmarks/bench_shapley_estimators.py --table {out} --metric logprob")
+
+
+def open_game(
+    ckpt: Path, kinds: tuple[str, ...], split: str, docs: int | None, threads: int
+) -> tuple[Any, Any, dict[str, Any], Any, str, str]:
+    """The pieces of a module-player adapter game of ``ckpt``: ``(adapter restricted to the
+    modules of ``kinds``, task (its first ``docs`` documents), the run record, players, split
+    label, log fingerprint)``; torch set to ``threads`` threads, offline."""
+    import torch
+
+    from coto_tools.train import load_run
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(threads)
+    adapter, task, record = load_run(ckpt)
+    modules = [m for m in adapter.modules if _kind(m) in kinds]
+    players = make_players(modules, "module")
+    split_label = split if docs is None else f"{split}[:{docs}]"
+    if docs is not None:
+        task = first_docs(task, docs)
+    fp = game_fingerprint(
+        weights=weights_hash(ckpt),
+        task=record["task"],
+        task_variant=record["task_variant"],
+        split=split_label,
+        players=players,
+        metrics=METRIC_NAMES,
+    )
+    return adapter.subset(modules), task, record, players, split_label, fp
 
 
 def first_docs(task: Any, docs: int) -> Any:
