@@ -104,16 +104,29 @@ def ours_curves(game: TableGame, phi: np.ndarray, seeds: int, grid: np.ndarray):
     return out
 
 
+def shapiq_run(name: str, n: int, budget: int, seed: int, game: object) -> np.ndarray:
+    """First-order values of one run of shapiq's approximator ``name`` (a key of
+    :data:`SHAPIQ_SPECS`) with ``budget`` evaluations and ``seed``, its prints and warnings
+    silenced."""
+    import shapiq
+
+    cls_name, kw = SHAPIQ_SPECS[name]
+    cls = getattr(shapiq, cls_name, None) or getattr(shapiq.approximator, cls_name)
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        iv = cls(n=n, random_state=seed, **kw).approximate(int(budget), game)
+    return np.asarray(iv.get_n_order_values(1), dtype=np.float64)
+
+
 def shapiq_curves(game: TableGame, phi: np.ndarray, seeds: int, grid: np.ndarray):
     try:
-        import shapiq
+        import shapiq  # noqa: F401
     except ImportError:
         print("shapiq not importable: skipping its approximators", file=sys.stderr)
         return {}
     n = game.n_players
     out = {}
-    for name, (cls_name, kw) in SHAPIQ_SPECS.items():
-        cls = getattr(shapiq, cls_name, None) or getattr(shapiq.approximator, cls_name)
+    for name in SHAPIQ_SPECS:
         err = np.full((seeds, grid.size), np.nan)
         rho = np.full((seeds, grid.size), np.nan)
         t0 = time.process_time()
@@ -121,10 +134,7 @@ def shapiq_curves(game: TableGame, phi: np.ndarray, seeds: int, grid: np.ndarray
             for j, b in enumerate(grid):
                 if b > 1 << n:
                     continue
-                with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-                    warnings.simplefilter("ignore")
-                    iv = cls(n=n, random_state=seed, **kw).approximate(int(b), game)
-                v = np.asarray(iv.get_n_order_values(1), dtype=np.float64)
+                v = shapiq_run(name, n, int(b), seed, game)
                 err[seed, j] = rel_l2(v, phi)
                 rho[seed, j] = spearman(v, phi)
         out[name] = (err, rho, float("nan"), time.process_time() - t0)

@@ -37,14 +37,11 @@ Run:  python benchmarks/bench_shapley_large.py [--checkpoint DIR] [--docs 48] [-
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shlex
 import sys
 import time
-import warnings
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +50,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_shapley_estimators import SHAPIQ_SPECS, evals_to, rel_l2  # noqa: E402
+from bench_shapley_estimators import evals_to, rel_l2, shapiq_run  # noqa: E402
 from bench_shapley_real import ensure_checkpoint, open_game  # noqa: E402
 
 from coto_tools.adapters.atomic import atomic_write_text  # noqa: E402
@@ -82,25 +79,9 @@ REF_SEEDS = (10_000, 10_001)
 COVER_AT = (150, 300)
 
 
-class Recorder:
-    """A game that answers 0 and remembers every coalition it was asked for."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, coalitions: np.ndarray) -> np.ndarray:
-        return np.zeros(len(np.atleast_2d(coalitions)))
-
-
-def shapiq_run(name: str, n: int, budget: int, seed: int, game: Any) -> np.ndarray:
-    import shapiq
-
-    cls_name, kw = SHAPIQ_SPECS[name]
-    cls = getattr(shapiq, cls_name, None) or getattr(shapiq.approximator, cls_name)
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        iv = cls(n=n, random_state=seed, **kw).approximate(int(budget), game)
-    return np.asarray(iv.get_n_order_values(1), dtype=np.float64)
+def _zeros(coalitions: np.ndarray) -> np.ndarray:
+    """A game that answers 0 (phase 1: the coalitions asked for are what counts)."""
+    return np.zeros(len(np.atleast_2d(coalitions)))
 
 
 def plan(n: int, seeds: int, ref_budget: int, use_shapiq: bool):
@@ -122,17 +103,17 @@ def plan(n: int, seeds: int, ref_budget: int, use_shapiq: bool):
 
 def play(run: tuple[str, str, int, int], cached: CachedGame, n: int, trace: bool):
     kind, name, seed, budget = run
+    cached.begin_run()
     if kind == "ours":
-        cached.begin_run()
         cfg = SamplingConfig(budget=budget, seed=seed, trace_growth=1.0 if trace else 1.1)
         return ESTIMATORS[Estimator(name)](cached, cfg)
-    cached.begin_run()
     return shapiq_run(name, n, budget, seed, cached)
 
 
 def record(n: int, runs) -> list[int]:
+    """The distinct coalitions ``runs`` ask for (played against a game of zeros)."""
     store: dict[int, dict[str, float]] = {}
-    cached = CachedGame(Recorder(n), n, store=store)
+    cached = CachedGame(_zeros, n, store=store)
     for r in runs:
         play(r, cached, n, trace=False)
     return sorted(store)
