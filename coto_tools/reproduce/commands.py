@@ -191,8 +191,10 @@ def rerun_commands(d: Mapping[str, Any]) -> list[str]:
                 continue
             lines.append(merge_command(runs_in, row, out, spec, s[st]["split"]))
     if "prune" in s:
+        from coto_tools.prune.strategies import DEFAULT_STRATEGIES  # the command's default
+
         chosen = ((done.get("prune") or {}).get("key") or {}).get("strategies")
-        restricted = chosen if chosen and len(chosen) < 8 else None  # 8: the command's default
+        restricted = chosen if chosen and tuple(chosen) != DEFAULT_STRATEGIES else None
         lines.append(prune_command(main, s["prune"]["split"], f"{out_dir}/prune", restricted))
     if "shapley" in s:
         lines.append(

@@ -17,6 +17,7 @@ from coto_tools.errors import OptionError
 from coto_tools.jsonio import JsonFileError
 from coto_tools.reproduce import commands as cmd
 from coto_tools.reproduce.claims import (
+    EVERYOTHER,
     MERGE_PRIMARY,
     MERGE_VARIANTS,
     MERGE_WHY,
@@ -392,7 +393,7 @@ def _sections(
                     "removed, no retraining)."
                     + (
                         ""
-                        if len(strategies) > 3
+                        if set(strategies) - {"all", *EVERYOTHER}
                         else " This preset runs only the claim's strategies (everyother even "
                         "and odd); --quick and coto-tools prune run the paper's eight."
                     )

@@ -57,11 +57,12 @@ AUTO_SAMPLING = Estimator.STRATIFIED
 """``auto``'s sampling estimator, chosen by benchmarks/bench_shapley_estimators.py on the real
 12-player adapter tables in benchmarks/data (all 4,096 coalitions of a CoTo and a LoRA adapter
 each, and the CoTo table of the first version): it reached a median relative L2 error of 0.05
-in the fewest evaluations on every table, 130 / 175 / 200 against antithetic's 200 / 1000 / 1000
-and the best shapiq approximator's 200 / 600 / 700 (median over 20 seeds; numbers and commands
-in benchmarks/results/shapley_estimators_real.txt), and its 95% t
-interval covered at least 93% at the default budget on closed-form games
-(tests/test_shapley_coverage.py)."""
+in the fewest evaluations on every table, 90 / 130 / 200 against antithetic's 200 / 1000 / 1000
+and the best shapiq approximator's 200 / 600 / 700 (median over 20 seeds); on an 18-module-player
+game (benchmarks/bench_shapley_large.py, scored against a pooled high-budget reference) 600,
+where antithetic and shapiq's best had not reached it at 600 and 1,200. Numbers and commands in
+benchmarks/results/shapley_estimators_real.txt. Its 95% t interval covered at least 93% at the
+default budget on closed-form games (tests/test_shapley_coverage.py)."""
 
 
 def choose_estimator(n_players: int, budget: int | None) -> Estimator:

@@ -67,3 +67,27 @@ def test_merge_variants_are_what_their_labels_say(
         delta = got[p.name].modules["layer.0.q"].delta()
         factor = 2.0 if p.variant == "peft-linear" else 1.0
         assert torch.allclose(delta, factor * want), p.variant
+
+
+@pytest.mark.parametrize(
+    ("strategies", "flag"),
+    [(("all", "everyother"), "--strategies all,everyother"), (None, None)],
+)
+def test_prune_rerun_command_names_a_restricted_strategy_list(tmp_path, strategies, flag) -> None:
+    """The prune stage's rerun command passes --strategies only when the stage ran fewer than
+    the command's default (the paper's eight, DEFAULT_STRATEGIES)."""
+    from coto_tools.prune.strategies import DEFAULT_STRATEGIES
+    from coto_tools.reproduce.commands import rerun_commands
+
+    chosen = list(strategies or DEFAULT_STRATEGIES)
+    d = {
+        "meta": {"out": "o", "task": "tiny", "command": "coto-tools reproduce"},
+        "summaries": {"prune": {"split": "quick"}},
+        "done": {"prune": {"key": {"strategies": chosen}}},
+        "root": tmp_path,
+    }
+    line = next(x for x in rerun_commands(d) if x.startswith("coto-tools prune"))
+    if flag is None:
+        assert "--strategies" not in line
+    else:
+        assert flag in line
