@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -84,6 +85,22 @@ class Outcome:
     seconds: float  # from the child's start of work to its end
 
 
+def _child_main(argv: list[str], setup: Callable[[], None]) -> NoReturn:
+    """In a forked child: ``setup()``, then ``coto-tools ARGV``; the process ends with its exit
+    code (1 if anything raised), never returning into pytest."""
+    code = 1
+    try:
+        torch.set_num_threads(1)  # no OpenMP pool in a forked child
+        setup()
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os._exit(code)
+
+
 def run_child(argv: list[str], *, delay: float | None, from_write: bool = False) -> Outcome:
     """Fork, run ``coto-tools ARGV`` in the child with slow writes; SIGKILL it ``delay`` seconds
     after it starts working (or after its first write begins, with ``from_write``)."""
@@ -91,20 +108,14 @@ def run_child(argv: list[str], *, delay: float | None, from_write: bool = False)
     write_r, write_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
-        code = 1
-        try:
+
+        def setup() -> None:
             os.close(ready_r)
             os.close(write_r)
-            torch.set_num_threads(1)  # no OpenMP pool in a forked child
             _slow_writes(write_w)
             os.write(ready_w, b"r")
-            try:
-                main(argv)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            os._exit(code)
+
+        _child_main(argv, setup)
     os.close(ready_w)
     os.close(write_w)
     try:
@@ -377,18 +388,12 @@ def _run_forced(argv: list[str], delay: float, from_write: bool) -> Outcome:
 def _start(argv: list[str]) -> int:
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            torch.set_num_threads(1)
+
+        def setup() -> None:
             _slow_writes(os.open(os.devnull, os.O_WRONLY))
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-            try:
-                main(argv)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            os._exit(code)
+
+        _child_main(argv, setup)
     return pid
 
 
