@@ -5,6 +5,11 @@ The CLI turns any :class:`CotoError` into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=Enum)
+
 
 class CotoError(Exception):
     """Base class of every error caused by user input or user files."""
@@ -46,3 +51,12 @@ class TaskError(CotoError):
 
 class ShapleyError(CotoError):
     """A Shapley estimation request cannot be honoured."""
+
+
+def enum_option(cls: type[E], value: Any, what: str) -> E:
+    """``cls(value)``, or :class:`OptionError` ``unknown WHAT 'value'; allowed: a, b, ...``."""
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in cls)
+        raise OptionError(f"unknown {what} {value!r}; allowed: {allowed}") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coto_tools.adapters.lora import LoraAdapter
-from coto_tools.errors import CotoError, OptionError
+from coto_tools.errors import CotoError, OptionError, enum_option
 from coto_tools.runtime.device import AUTO, CPU, DeviceLike, check_device, resolve_device
 from coto_tools.runtime.dtype import check_dtype
 from coto_tools.tasks.base import SPLITS
@@ -61,11 +61,7 @@ class ExecutorConfig:
     dtype: str = AUTO
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "kind", ExecutorKind(self.kind))
-        except ValueError:
-            allowed = ", ".join(k.value for k in ExecutorKind)
-            raise OptionError(f"unknown --executor {self.kind!r}; allowed: {allowed}") from None
+        object.__setattr__(self, "kind", enum_option(ExecutorKind, self.kind, "--executor"))
         if self.workers is not None and self.workers < 1:
             raise OptionError(f"--workers must be >= 1, got {self.workers}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:

@@ -37,7 +37,7 @@ from coto_tools.adapters.players import (
     players_from_map,
     read_players_map,
 )
-from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError
+from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError, enum_option
 from coto_tools.runtime.dtype import dtype_name
 from coto_tools.runtime.executor import ExecutorConfig, local_device, local_dtype, planned_dtype
 from coto_tools.shapley.cache import CachedGame
@@ -117,12 +117,7 @@ class ShapleyConfig:
             ("estimator", Estimator),
             ("split", Split),
         ):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, cls(value))
-            except ValueError:
-                allowed = ", ".join(str(m.value) for m in cls)
-                raise OptionError(f"unknown --{name} {value!r}; allowed: {allowed}") from None
+            object.__setattr__(self, name, enum_option(cls, getattr(self, name), f"--{name}"))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
         bad = []

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from coto_tools.errors import OptionError
+from coto_tools.errors import OptionError, enum_option
 from coto_tools.runtime.dtype import AUTO, check_dtype
 from coto_tools.train.lr import LrSchedule
 from coto_tools.train.schedule import Shape
@@ -29,14 +29,6 @@ class GroupBy(str, Enum):
 
     layer = "layer"
     module = "module"
-
-
-def _enum(cls: type[Enum], value: Any, what: str) -> Any:
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(str(m.value) for m in cls)
-        raise OptionError(f"unknown {what} {value!r}; allowed: {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -84,10 +76,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         wanted = check_dtype(self.dtype)  # the spelling: auto, float32, bf16, torch.bfloat16, ...
         object.__setattr__(self, "dtype", DEFAULT_DTYPE if wanted == AUTO else wanted)
-        object.__setattr__(self, "method", _enum(Method, self.method, "method"))
-        object.__setattr__(self, "lr_schedule", _enum(LrSchedule, self.lr_schedule, "lr schedule"))
-        object.__setattr__(self, "schedule", _enum(Shape, self.schedule, "schedule shape"))
-        object.__setattr__(self, "group", _enum(GroupBy, self.group, "group"))
+        for name, cls, what in (
+            ("method", Method, "method"),
+            ("lr_schedule", LrSchedule, "lr schedule"),
+            ("schedule", Shape, "schedule shape"),
+            ("group", GroupBy, "group"),
+        ):
+            object.__setattr__(self, name, enum_option(cls, getattr(self, name), what))
         object.__setattr__(self, "task_variant", dict(self.task_variant))
         if self.targets is not None:
             t = tuple(str(x).strip() for x in self.targets if str(x).strip())

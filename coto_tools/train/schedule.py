@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from coto_tools.errors import OptionError
+from coto_tools.errors import OptionError, enum_option
 
 # Rejection sampling (the reference's "redraw until one is active") is exact; after this many
 # all-off draws in a row (only when p · n_groups is tiny) the same conditional distribution is
@@ -124,11 +124,7 @@ class CoToSchedule:
 
 
 def _parse_shape(shape: Shape | str) -> Shape:
-    try:
-        return Shape(shape)
-    except ValueError:
-        allowed = ", ".join(s.value for s in Shape)
-        raise OptionError(f"unknown schedule shape {shape!r}; allowed: {allowed}") from None
+    return enum_option(Shape, shape, "schedule shape")
 
 
 def sample_active(p: float, n_groups: int, rng: np.random.Generator) -> np.ndarray:
