@@ -383,14 +383,28 @@ def main(argv: list[str] | None = None) -> None:
             save_data(Path(args.data), store, meta)
             print(f"wrote {args.data}")
     lines = compare(store, meta, args, runs)
+    finish(
+        lines,
+        f"time (phase 3{'' if args.from_data else ', and 1-2 above'})",
+        wall0,
+        cpu0,
+        argv,
+        args.out,
+    )
+
+
+def finish(
+    lines: list[str], label: str, wall0: float, cpu0: float, argv: list[str] | None, out: str | None
+) -> None:
+    """Add the time and the rerun command to a report, print it, write it to ``out``."""
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     lines += [
-        f"time (phase 3{'' if args.from_data else ', and 1-2 above'}): "
-        f"{time.perf_counter() - wall0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU",
+        f"{label}: {wall:.0f} s wall, {cpu:.0f} s CPU",
         "rerun: python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]),
     ]
     print("\n".join(lines))
-    if args.out:
-        atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
+    if out:
+        atomic_write_text(Path(out), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

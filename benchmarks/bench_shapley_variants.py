@@ -43,7 +43,6 @@ Run:  python benchmarks/bench_shapley_variants.py [--out FILE]
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 import types
@@ -60,6 +59,7 @@ from bench_shapley_estimators import evals_to, rel_l2  # noqa: E402
 from bench_shapley_large import (  # noqa: E402
     _zeros,
     evaluate,
+    finish,
     load_data,
     plan,
     play,
@@ -67,7 +67,6 @@ from bench_shapley_large import (  # noqa: E402
     save_data,
 )
 
-from coto_tools.adapters.atomic import atomic_write_text  # noqa: E402
 from coto_tools.shapley import SamplingConfig  # noqa: E402
 from coto_tools.shapley._bits import keys_to_matrix, prefix_keys  # noqa: E402
 from coto_tools.shapley._sampling import run_sampler  # noqa: E402
@@ -418,12 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         f"median relative L2 over {args.seeds} seeds; evals->{args.target:g}: smallest budget on "
         "the grid from which the median stays below the target; cover: 95% t intervals at "
         f"{COVER_AT} evaluations holding the reference (its standard error added in quadrature)",
-        f"time: {time.perf_counter() - wall0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU",
-        "rerun: python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]),
     ]
-    print("\n".join(lines))
-    if args.out:
-        atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
+    finish(lines, "time", wall0, cpu0, argv, args.out)
 
 
 if __name__ == "__main__":
