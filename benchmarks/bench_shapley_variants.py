@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--checkpoint is not the checkpoint of --data")
         old = load_data(herd_path)[0] if herd_path.exists() else {}
         old.update(new)
-        new_meta["description"] = f"herded pairs' coalitions for {args.data}"
+        new_meta["description"] = f"herded pairs' coalitions for {Path(args.data).name}"
         save_data(herd_path, old, new_meta)
         store.update(new)
     lookup = CachedGame(None, n, metric="logprob", store=store)
