@@ -53,10 +53,22 @@ class ShapleyError(CotoError):
     """A Shapley estimation request cannot be honoured."""
 
 
-def enum_option(cls: type[E], value: Any, what: str) -> E:
-    """``cls(value)``, or :class:`OptionError` ``unknown WHAT 'value'; allowed: a, b, ...``."""
+UNKNOWN_OPTION = "unknown {what} {value!r}; allowed: {allowed}"
+
+
+def enum_option(
+    cls: type[E],
+    value: Any,
+    what: str,
+    *,
+    error: type[CotoError] = OptionError,
+    message: str = UNKNOWN_OPTION,
+) -> E:
+    """``cls(value)``, or ``error`` with ``message`` (default :class:`OptionError` ``unknown
+    WHAT 'value'; allowed: a, b, ...``; ``message`` is formatted with ``what``, ``value`` and
+    ``allowed``)."""
     try:
         return cls(value)
     except ValueError:
         allowed = ", ".join(str(m.value) for m in cls)
-        raise OptionError(f"unknown {what} {value!r}; allowed: {allowed}") from None
+        raise error(message.format(what=what, value=value, allowed=allowed)) from None

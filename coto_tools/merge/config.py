@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
 
-from coto_tools.errors import MergeError
+from coto_tools.errors import MergeError, enum_option
+
+# merge options word a bad choice their own way (tests and users match it)
+BAD_CHOICE = "{what} must be one of {allowed}, got {value!r}"
 
 
 class MergeMethod(str, Enum):
@@ -132,9 +134,17 @@ class MergeConfig:
             ("knots_merge", KnotsMerge),
             ("ties_vote", TiesVote),
         ):
-            object.__setattr__(self, name, _enum(enum, getattr(self, name), name))
+            object.__setattr__(
+                self,
+                name,
+                enum_option(enum, getattr(self, name), name, error=MergeError, message=BAD_CHOICE),
+            )
         if self.space is not None:
-            object.__setattr__(self, "space", _enum(MergeSpace, self.space, "space"))
+            object.__setattr__(
+                self,
+                "space",
+                enum_option(MergeSpace, self.space, "space", error=MergeError, message=BAD_CHOICE),
+            )
             allowed = SPACES[self.method]
             if self.space not in allowed:
                 names = ", ".join(s.value for s in allowed)
@@ -194,11 +204,3 @@ class MergeConfig:
             density = DEFAULT_DENSITY
         space = self.space if self.space is not None else SPACES[self.method][0]
         return replace(self, weights=weights, density=density, space=space)
-
-
-def _enum(enum: type[Enum], value: object, name: str) -> Any:
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = ", ".join(str(e.value) for e in enum)
-        raise MergeError(f"{name} must be one of {allowed}, got {value!r}") from None
