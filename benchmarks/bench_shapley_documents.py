@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_shapley_estimators import evals_to, rel_l2  # noqa: E402
-from bench_shapley_large import finish, load_data, plan, play, pooled_reference  # noqa: E402
+from bench_shapley_large import default_reference, finish, load_data  # noqa: E402
 
 from coto_tools.shapley._bits import full_key  # noqa: E402
 from coto_tools.shapley.result import t_quantile  # noqa: E402
@@ -84,13 +84,10 @@ class GroupedRun:
             self.cycle = list(self.rng.permutation(self.g))
         g = self.cycle[0]
         sampler = self.samplers[g]
-        state = self.rngs[g].bit_generator.state
         keys = sampler.draw(self.rngs[g])
         new = set(keys) - self.used[g]
         if self.cost + len(new) > budget_units:
-            sampler._orders.pop()  # not drawn after all (the queue row is lost: the run ends)
-            self.rngs[g].bit_generator.state = state
-            return False
+            return False  # the run ends (the drawn pair is never added or estimated)
         self.cycle.pop(0)
         self.used[g] |= new
         self.cost += len(new)
@@ -109,14 +106,15 @@ class GroupedRun:
         return np.mean(vals, axis=0), np.sqrt(np.sum(var, axis=0)) / self.g, dof
 
 
-def simulate(n: int, groups: int, seeds: int, values, on_trace=None) -> None:
+def simulate(n: int, groups: int, seeds: int, values, on_step=None) -> None:
+    """Every seed's run up to the grid's top budget; ``on_step(seed, run)`` after each pair."""
     top = int(GRID[-1]) * groups
     for seed in range(seeds):
         run = GroupedRun(n, groups, seed)
         run.start(values)
         while run.step(top, values):
-            if on_trace is not None:
-                on_trace(seed, run)
+            if on_step is not None:
+                on_step(seed, run)
 
 
 def group_task(task: Any, group: int, size: int) -> Any:
@@ -245,19 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.data:
             save(Path(args.data), store, meta)
     # reference: bench_shapley_large.py's pool of every default run on all 48 documents
-    lookup_runs = plan(n, 20, 4000, False)
     from coto_tools.shapley.cache import CachedGame
 
     lookup = CachedGame(None, n, metric="logprob", store=store_full)
-    refs = {
-        r.estimator: (r.values, 4000) for r in (play(x, lookup, n, False) for x in lookup_runs[:2])
-    }
-    finals = {}
-    for est in refs:
-        finals[est] = np.stack(
-            [play(("ours", est, s, 600), lookup, n, False).values for s in range(20)]
-        )
-    _, ref_se, ref = pooled_reference(finals, refs, 600)
+    _, ref_se, ref = default_reference(lookup, n)
     # sanity: the groups' mean is the 48-document value
     both = [k for k in store[0] if k in store_full and all(k in store[g] for g in range(groups))]
     gap = max(
@@ -267,18 +256,21 @@ def main(argv: list[str] | None = None) -> None:
     err = np.full((args.seeds, GRID.size), np.nan)
     inside: dict[int, list[bool]] = {int(b): [] for b in GRID}
 
+    # the estimate at each budget: the last one of a run whose cost is still within it
+    last: dict[tuple[int, int], tuple] = {}
+
+    def on_step(seed: int, run: GroupedRun) -> None:
+        within = [int(b) for b in GRID if run.cost / groups <= b]
+        if within:
+            result = run.estimate()
+            for b in within:
+                last[seed, b] = result
+
+    simulate(n, groups, args.seeds, lambda g, k: store[g][k], on_step)
     for seed in range(args.seeds):
-        run = GroupedRun(n, groups, seed)
-        run.start(lambda g, k: store[g][k])
-        last: dict[int, tuple] = {}
-        while run.step(int(GRID[-1]) * groups, lambda g, k: store[g][k]):
-            units = run.cost / groups
-            for b in GRID:
-                if units <= b:
-                    last[int(b)] = run.estimate()
         for j, b in enumerate(GRID):
-            if int(b) in last and np.isfinite(last[int(b)][0]).all():
-                est, se, dof = last[int(b)]
+            if (seed, int(b)) in last and np.isfinite(last[seed, int(b)][0]).all():
+                est, se, dof = last[seed, int(b)]
                 err[seed, j] = rel_l2(est, ref)
                 half = t_quantile(max(dof, 1)) * np.sqrt(se**2 + np.median(ref_se, axis=0) ** 2)
                 inside[int(b)].extend(np.abs(est - ref) <= half)

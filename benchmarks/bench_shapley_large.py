@@ -227,6 +227,24 @@ def pooled_reference(
     return ref[:seeds], 1.0 / np.sqrt(den[:seeds]), ref[seeds]
 
 
+def default_reference(
+    lookup: CachedGame, n: int, seeds: int = 20, ref_budget: int = 4000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pooled_reference` of the default runs of :func:`plan` (``seeds`` seeds at the
+    grid's top budget, the two ``ref_budget`` runs) played on ``lookup``: for scripts that
+    compare other estimators with this benchmark's reference."""
+    runs = plan(n, seeds, ref_budget, False)
+    refs = {
+        r.estimator: (r.values, ref_budget) for r in (play(x, lookup, n, False) for x in runs[:2])
+    }
+    top = int(GRID[-1])
+    finals = {
+        est: np.stack([play(("ours", est, s, top), lookup, n, False).values for s in range(seeds)])
+        for est in refs
+    }
+    return pooled_reference(finals, refs, top)
+
+
 def compare(store, meta, args, runs) -> list[str]:
     n = len(meta["player_names"])
     lookup = CachedGame(None, n, metric="logprob", store=store)

@@ -58,12 +58,10 @@ sys.path.insert(0, str(HERE))
 from bench_shapley_estimators import evals_to, rel_l2  # noqa: E402
 from bench_shapley_large import (  # noqa: E402
     _zeros,
+    default_reference,
     evaluate,
     finish,
     load_data,
-    plan,
-    play,
-    pooled_reference,
     save_data,
 )
 
@@ -372,13 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         save_data(herd_path, old, new_meta)
         store.update(new)
     lookup = CachedGame(None, n, metric="logprob", store=store)
-    runs = plan(n, args.seeds, 4000, False)
-    refs = {r.estimator: (r.values, 4000) for r in (play(x, lookup, n, False) for x in runs[:2])}
-    finals = {}
-    for est in refs:
-        runs_ = [play(("ours", est, s, TOP), lookup, n, False) for s in range(args.seeds)]
-        finals[est] = np.stack([r.values for r in runs_])
-    ref, ref_se, _ = pooled_reference(finals, refs, TOP)
+    ref, ref_se, _ = default_reference(lookup, n, args.seeds)
     lines = variance_analysis(store, n, args.seeds) + [""]
     print("\n".join(lines), flush=True)
     head = f"{'variant':32s}" + "".join(f"  L2@{b:<4d}" for b in GRID)
