@@ -1,43 +1,37 @@
-"""Benchmark (prototype, not in the package): Shapley values with the documents sampled too.
+"""Benchmark: Shapley values with the documents sampled too (``--document-groups``).
 
-A coalition's value is a mean over documents, and an evaluation's cost grows with the documents
-it runs. On the 18-player game of benchmarks/bench_shapley_large.py the permutation noise is
-largely *common* to the documents (a scratch analysis of 69 pairs evaluated per document: the
-players' deviations are correlated 0.31 on average across documents, and the variance of the
-48-document mean is 1/3.3 of one document's, not 1/48), so a pair run on a few documents carries
-most of what the pair on all 48 carries, at a fraction of the cost.
+:mod:`coto_tools.shapley.documents` deals the split's documents round-robin into ``G`` groups
+and runs ``stratified`` on each group's game, the antithetic pairs going to the groups in
+cycles; the estimate is the documents-weighted sum of the groups' estimates and the budget is
+counted in whole-split evaluations (a group evaluation costs its share of the documents). This
+script measures it against the whole-split default on the real games we hold:
 
-Design measured here: the documents are cut into ``G`` equal groups (the quick split's first 48
-documents, ``G = 12`` groups of 4). ``v(S) = mean_g v_g(S)``, so ``phi = mean_g phi_g``: each
-group is its own game, sampled by its own ``stratified`` sampler (balanced antithetic blocks, the
-shared-slope covariate fit, exact efficiency per group); the pairs go to the groups in cycles of
-a random group order; the estimate is the mean of the groups' estimates, its variance the mean of
-their variances over ``G``. Cost is counted in *full-split evaluations*: a coalition on one group
-costs ``1/G`` of one (the time measured below says whether the cost is in fact proportional).
+* ``--game large`` (default): the 18-module-player game of benchmarks/bench_shapley_large.py
+  (q, k, v adapters of 6 layers, the quick split's first 48 documents). Phase 1 records the
+  (group, coalition) pairs every seed's run asks for (the sequence depends only on the seed),
+  phase 2 evaluates them from ``--checkpoint`` through the package's group evaluators
+  (:meth:`Evaluator.document_groups`, saved to ``--data``; ``--from-data`` reuses them), phase 3
+  replays every seed at each budget of the grid against that script's pooled reference (all
+  default runs on the 48 documents, relative standard error 0.0085, independent of these runs).
+  The time of a group evaluation against a whole-split one is measured back to back on the same
+  coalitions.
+* ``--doctable FILE``: a 12-player table of per-document values
+  (benchmarks/bench_shapley_doctable.py): every coalition's value on every document is known, so
+  both estimators run on exact lookups and are scored against the exact Shapley values.
 
-Phases as in bench_shapley_large.py: record the (group, coalition) pairs the runs ask for,
-evaluate them once per group (``--checkpoint``; saved to ``--data``), compare against that
-script's pooled reference (all default runs on the whole 48 documents, relative standard error
-0.0085; independent of these runs). The time of a group evaluation against a whole-split one is
-measured back to back on the same 300 coalitions.
+Per budget: median relative L2 error over ``--seeds`` seeds and the coverage of the 95%
+intervals; the whole-split default (``stratified``) beside it on the same game.
 
-Measured (2026-12-02, 20 seeds, 12 groups of 4 documents; results in
-benchmarks/results/shapley_documents_qkv18.txt): median relative L2 0.055 / 0.042 / 0.033 after
-150 / 200 / 300 whole splits' worth of documents; 0.05 from 200 on, coverage 0.93-0.98. But a
-4-document evaluation is not 1/12 of a 48-document one on 2 CPU cores: it took 0.158 of it in the
-back-to-back probe (19.2 vs 121.9 ms; the bulk run: 11.3 ms each), so 200 splits of documents
-cost the time of about 300-380 whole-split evaluations, against 600 for the default. Where the
-cost is proportional to the documents (large models), the saving would be the full 3x. Not in
-the package: the log/resume contract, interactions and the 12-player tables would all need the
-group values.
-
-Run:  python benchmarks/bench_shapley_documents.py --checkpoint DIR [--groups 12] [--seeds 20]
-      python benchmarks/bench_shapley_documents.py --from-data benchmarks/data/<file>
+Run:  python benchmarks/bench_shapley_documents.py --checkpoint DIR --data benchmarks/data/X
+      python benchmarks/bench_shapley_documents.py --from-data benchmarks/data/X
+      python benchmarks/bench_shapley_documents.py --doctable benchmarks/data/Y
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 import warnings
@@ -52,163 +46,250 @@ sys.path.insert(0, str(HERE))
 from bench_shapley_estimators import evals_to, rel_l2  # noqa: E402
 from bench_shapley_large import default_reference, finish, load_data  # noqa: E402
 
-from coto_tools.shapley._bits import full_key  # noqa: E402
+from coto_tools.shapley import estimate_shapley  # noqa: E402
+from coto_tools.shapley._sampling import SamplingConfig  # noqa: E402
+from coto_tools.shapley.cache import CachedGame  # noqa: E402
+from coto_tools.shapley.documents import estimate_documents  # noqa: E402
 from coto_tools.shapley.result import t_quantile  # noqa: E402
-from coto_tools.shapley.stratified import StratifiedSampler  # noqa: E402
 
 DATA = HERE / "data" / "shapley_partial_bbc-topic-coto-s2_quick48_qkv18.safetensors"
-GRID = np.array([50, 75, 100, 150, 200, 300])  # full-split evaluations
+GRID = np.array([50, 75, 100, 150, 200, 250, 300, 400, 600])  # whole-split evaluations
 DOCS = 48
-SeedSeq = np.random.SeedSequence
 
 
-class GroupedRun:
-    """One seed's run: a stratified sampler per group, pairs to groups in random cycles."""
-
-    def __init__(self, n: int, groups: int, seed: int) -> None:
-        self.n, self.g = n, groups
-        self.rng = np.random.default_rng(SeedSeq([seed, 1]))
-        self.rngs = [np.random.default_rng(SeedSeq([seed, 2, g])) for g in range(groups)]
-        self.samplers = [StratifiedSampler(n) for _ in range(groups)]
-        self.cycle: list[int] = []
-        self.used: list[set[int]] = [{0, full_key(n)} for _ in range(groups)]
-        self.cost = 2 * groups  # every group's v(empty), v(N)
-
-    def start(self, values) -> None:
-        for g, s in enumerate(self.samplers):
-            s.start(values(g, 0), values(g, full_key(self.n)))
-
-    def step(self, budget_units: int, values) -> bool:
-        """One pair on the next group, if it fits ``budget_units`` (group evaluations)."""
-        if not self.cycle:
-            self.cycle = list(self.rng.permutation(self.g))
-        g = self.cycle[0]
-        sampler = self.samplers[g]
-        keys = sampler.draw(self.rngs[g])
-        new = set(keys) - self.used[g]
-        if self.cost + len(new) > budget_units:
-            return False  # the run ends (the drawn pair is never added or estimated)
-        self.cycle.pop(0)
-        self.used[g] |= new
-        self.cost += len(new)
-        sampler.add(keys, np.array([values(g, k) for k in keys]))
-        return True
-
-    def estimate(self) -> tuple[np.ndarray, np.ndarray, int]:
-        vals, var, dof = [], [], 0
-        for s in self.samplers:
-            if s.n_samples < 2:
-                return np.full(self.n, np.nan), np.full(self.n, np.nan), 0
-            v, se = s.estimate()
-            vals.append(v)
-            var.append(se**2)
-            dof += s.n_samples - 1
-        return np.mean(vals, axis=0), np.sqrt(np.sum(var, axis=0)) / self.g, dof
+def _zeros(coalitions: np.ndarray) -> dict[str, np.ndarray]:
+    return {"logprob": np.zeros(len(np.atleast_2d(coalitions)))}
 
 
-def simulate(n: int, groups: int, seeds: int, values, on_step=None) -> None:
-    """Every seed's run up to the grid's top budget; ``on_step(seed, run)`` after each pair."""
-    top = int(GRID[-1]) * groups
+def run_groups(
+    stores: list[dict[int, dict[str, float]]], n: int, game: Any, budget: int, seed: int
+):
+    """One grouped run on lookups over ``stores`` (``game``: fill missing values, or None)."""
+    games = [CachedGame(game, n, metric="logprob", store=s) for s in stores]
+    return estimate_documents(games, [1.0] * len(stores), SamplingConfig(budget=budget, seed=seed))
+
+
+def record(n: int, groups: int, seeds: int, top: int) -> list[dict[int, dict[str, float]]]:
+    """The (group, coalition) pairs every seed's run asks for up to ``top``."""
+    stores: list[dict[int, dict[str, float]]] = [{} for _ in range(groups)]
     for seed in range(seeds):
-        run = GroupedRun(n, groups, seed)
-        run.start(values)
-        while run.step(top, values):
-            if on_step is not None:
-                on_step(seed, run)
+        run_groups(stores, n, _zeros, top, seed)
+    return stores
 
 
-def group_task(task: Any, group: int, size: int) -> Any:
-    """The task restricted to documents ``group * size .. + size`` of each split (one batch)."""
-    cls = type(task)
-
-    class Group(cls):  # type: ignore[misc, valid-type]
-        def batches(self, split: str, batch_size: int = 64) -> list[Any]:
-            return cls.batches(self, split, size)[group : group + 1]
-
-    Group.__name__ = cls.__name__
-    clone = object.__new__(Group)
-    clone.__dict__.update(task.__dict__)
-    return clone
-
-
-def evaluate_groups(ckpt: Path, groups: int, need: dict[int, set[int]], threads: int):
+def evaluate_groups(ckpt: Path, groups: int, need: list[set[int]], threads: int):
     from bench_shapley_real import open_game
 
     from coto_tools.runtime.evaluator import Evaluator
-    from coto_tools.shapley.cache import CachedGame
     from coto_tools.shapley.game_adapter import AdapterGame
 
-    adapter, task, _, players, _, _ = open_game(ckpt, ("q", "k", "v"), "quick", None, threads)
-    size = DOCS // groups
-    # back to back, the same coalitions (the first group's first pairs): whole-split evaluation
-    # time against one group's
+    adapter, task, _, players, _, _ = open_game(ckpt, ("q", "k", "v"), "quick", DOCS, threads)
+    n = len(players)
+    ev = Evaluator(task, adapter, split="quick", batch_size=DOCS)
+    views = ev.document_groups(groups)
+    # back to back on the same coalitions (the first group's first 300, in the estimator's
+    # prefix-sharing order): whole split, then one group
     probe = sorted(need[0])[:300]
     per_eval = {}
-    for docs, g0 in ((DOCS, 0), (size, 0)):
-        ev = Evaluator(group_task(task, g0, docs), adapter, split="quick", batch_size=docs)
-        cached = CachedGame(AdapterGame(ev, players), len(players), metric="logprob", chunk=64)
+    for label, evaluator in (("whole", Evaluator(task, adapter, split="quick", batch_size=DOCS)),
+                             ("group", ev.document_groups(groups)[0])):  # fmt: skip
+        cached = CachedGame(AdapterGame(evaluator, players), n, metric="logprob", chunk=64)
         t0 = time.perf_counter()
         cached.values(probe)
-        per_eval[docs] = (time.perf_counter() - t0) / len(probe)
-    out: dict[int, dict[int, float]] = {}
+        per_eval[label] = (time.perf_counter() - t0) / len(probe)
+        evaluator.close()
+    out: list[dict[int, dict[str, float]]] = []
     wall = cpu = 0.0
-    count = 0
-    for g in range(groups):
-        ev = Evaluator(group_task(task, g, size), adapter, split="quick", batch_size=size)
-        cached = CachedGame(AdapterGame(ev, players), len(players), metric="logprob", chunk=64)
+    for g, view in enumerate(views):
+        cached = CachedGame(AdapterGame(view, players), n, metric="logprob", chunk=64)
         keys = sorted(need[g])
         t0, c0 = time.perf_counter(), time.process_time()
-        vals = cached.values(keys)
+        cached.values(keys)
         wall += time.perf_counter() - t0
         cpu += time.process_time() - c0
-        count += len(keys)
-        out[g] = dict(zip(keys, (float(x) for x in vals), strict=True))
-        print(f"group {g}: {len(keys)} coalitions, {wall:.0f} s wall so far", flush=True)
+        out.append(cached.store)
+        print(f"group {g + 1}: {len(keys)} coalitions, {wall:.0f} s wall so far", flush=True)
+    ev.close()
     return out, {
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "coalitions": count,
-        "docs_per_group": size,
-        "probe_s_per_eval_whole": per_eval[DOCS],
-        "probe_s_per_eval_group": per_eval[size],
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "coalitions": int(sum(len(x) for x in need)),
+        "documents_per_group": [v.n_examples for v in views],
+        "probe_s_per_eval_whole": per_eval["whole"],
+        "probe_s_per_eval_group": per_eval["group"],
+        "threads": threads,
     }
 
 
-def save(path: Path, store: dict[int, dict[int, float]], meta: dict[str, Any]) -> None:
-    import json
-    import os
-
+def save(path: Path, stores: list[dict[int, dict[str, float]]], meta: dict[str, Any]) -> None:
     from safetensors.numpy import save_file
 
-    g = np.concatenate([np.full(len(v), k) for k, v in store.items()]).astype(np.int64)
-    keys = np.concatenate([np.array(list(v), dtype=np.int64) for v in store.values()])
-    vals = np.concatenate([np.array(list(v.values())) for v in store.values()])
+    g = np.concatenate([np.full(len(s), i) for i, s in enumerate(stores)]).astype(np.int64)
+    keys = np.concatenate([np.array(list(s), dtype=np.int64) for s in stores])
+    vals = np.concatenate([np.array([v["logprob"] for v in s.values()]) for s in stores])
     tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {"group": g, "keys": keys, "logprob": vals},
-        str(tmp),
-        metadata={"coto_bench": json.dumps(meta)},
-    )
+    save_file({"group": g, "keys": keys, "logprob": vals}, str(tmp),
+              metadata={"coto_bench": json.dumps(meta)})  # fmt: skip
     os.replace(tmp, path)
 
 
-def load(path: Path):
-    import json
-
+def load(path: Path) -> tuple[list[dict[int, dict[str, float]]], dict[str, Any]]:
     from safetensors import safe_open
 
     with safe_open(str(path), "np") as f:
         meta = json.loads(f.metadata()["coto_bench"])
         g, k, v = (f.get_tensor(x) for x in ("group", "keys", "logprob"))
-    store: dict[int, dict[int, float]] = {}
+    stores: list[dict[int, dict[str, float]]] = [{} for _ in range(int(meta["groups"]))]
     for gi, ki, vi in zip(g.tolist(), k.tolist(), v.tolist(), strict=True):
-        store.setdefault(gi, {})[ki] = vi
-    return store, meta
+        stores[gi][ki] = {"logprob": vi}
+    return stores, meta
+
+
+def score(results: dict[tuple[int, int], Any], ref: np.ndarray, ref_se: np.ndarray | None,
+          seeds: int) -> tuple[np.ndarray, list[float]]:  # fmt: skip
+    """Relative L2 error ``(seeds, grid)`` and the coverage per budget of ``results``."""
+    err = np.full((seeds, GRID.size), np.nan)
+    cover = []
+    for j, b in enumerate(GRID):
+        inside: list[bool] = []
+        for seed in range(seeds):
+            r = results.get((seed, int(b)))
+            if r is None or not np.isfinite(r.values).all():
+                continue
+            err[seed, j] = rel_l2(r.values, ref)
+            extra = 0.0 if ref_se is None else ref_se**2
+            half = t_quantile(max(r.dof, 1)) * np.sqrt(r.std_errors**2 + extra)
+            inside.extend(np.abs(r.values - ref) <= half)
+        cover.append(float(np.mean(inside)) if inside else float("nan"))
+    return err, cover
+
+
+def rows(label: str, err: np.ndarray, cover: list[float], target: float) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(err, axis=0)
+    need = evals_to(err, GRID, target)
+    return [
+        f"{label:<34}" + "  ".join(f"{x:6.4f}" for x in med)
+        + f"   to {target:g}: {int(need) if np.isfinite(need) else '>' + str(GRID[-1])}",
+        f"{'  coverage of the 95% intervals':<34}" + "  ".join(f"{c:6.3f}" for c in cover),
+    ]  # fmt: skip
+
+
+def large(args: argparse.Namespace) -> list[str]:
+    store_full, _ = load_data(DATA)
+    from_meta = None
+    if args.from_data:
+        stores, from_meta = load(Path(args.from_data))
+        groups = len(stores)
+    else:
+        groups = args.groups
+        need = record(18, groups, args.seeds, int(GRID[-1]))
+        print(f"phase 1: {sum(map(len, need))} (group, coalition) pairs", flush=True)
+        stores, from_meta = evaluate_groups(
+            Path(args.checkpoint), groups, [set(s) for s in need], args.threads
+        )
+        from_meta |= {"groups": groups, "seeds": args.seeds,
+                      "checkpoint": Path(args.checkpoint).name}  # fmt: skip
+        if args.data:
+            save(Path(args.data), stores, from_meta)
+    n = 18
+    lookup = CachedGame(None, n, metric="logprob", store=store_full)
+    _, ref_se, ref = default_reference(lookup, n)
+    both = [k for k in stores[0] if k in store_full and all(k in s for s in stores)][:50]
+    gap = max(abs(np.mean([s[k]["logprob"] for s in stores]) - store_full[k]["logprob"])
+              for k in both)  # fmt: skip
+    grouped = {(seed, int(b)): run_groups(stores, n, None, int(b), seed).combined
+               for seed in range(args.seeds) for b in GRID}  # fmt: skip
+    err, cover = score(grouped, ref, np.median(ref_se, axis=0), args.seeds)
+    whole = {}
+    for seed in range(args.seeds):
+        for b in GRID:
+            lookup.begin_run()
+            whole[seed, int(b)] = estimate_shapley(
+                lookup, n, estimator="stratified", budget=int(b), seed=seed
+            )
+    err_w, cover_w = score(whole, ref, np.median(ref_se, axis=0), args.seeds)
+    m = from_meta
+    ratio = m["probe_s_per_eval_group"] / m["probe_s_per_eval_whole"]
+    need = evals_to(err, GRID, args.target)
+    return [
+        f"game: the 18 q/k/v adapters of {m['checkpoint']}, the quick split's first {DOCS} "
+        f"documents dealt into {groups} groups of {m['documents_per_group'][0]}; "
+        f"{args.seeds} seeds; reference: bench_shapley_large.py's pooled default runs "
+        "(relative SE 0.0085; its SE is added to each interval for the coverage)",
+        f"group evaluations: {m['coalitions']} in {m['wall_s']:.0f} s wall, {m['cpu_s']:.0f} s "
+        f"CPU ({m['threads']} threads)",
+        f"time per evaluation, back to back on the same 300 coalitions: whole split "
+        f"{m['probe_s_per_eval_whole'] * 1000:.1f} ms, one group "
+        f"{m['probe_s_per_eval_group'] * 1000:.1f} ms ({ratio:.3f} of it; proportional: "
+        f"{1 / groups:.3f})",
+        f"check: documents-weighted sum of the groups - the 48-document value, max over "
+        f"{len(both)} coalitions: {gap:.1e}",
+        "",
+        f"{'whole-split evaluations (budget)':<34}" + "  ".join(f"{b:>6d}" for b in GRID),
+        *rows(f"stratified, {groups} document groups", err, cover, args.target),
+        *rows("stratified, whole split (default)", err_w, cover_w, args.target),
+        "",
+        (f"with document groups the median reaches {args.target:g} at {int(need)} whole-split "
+         f"evaluations' worth of documents: the time of about {need * groups * ratio:.0f} "
+         "whole-split evaluations on this machine (by the probe's ratio)")
+        if np.isfinite(need) else f"with document groups: above {args.target:g} on the grid",
+    ]  # fmt: skip
+
+
+def doctable(args: argparse.Namespace) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(args.doctable, "np") as f:
+        meta = json.loads(f.metadata()["coto_bench"])
+        table = f.get_tensor("logprob")
+    n = len(meta["player_names"])
+    docs = table.shape[1]
+    groups = args.groups
+    whole_v = table.mean(axis=1)
+    exact = estimate_shapley(lambda m: whole_v[_keys(m)], n, estimator="exact").values
+    parts = [table[:, g::groups].mean(axis=1) for g in range(groups)]
+    sizes = [table[:, g::groups].shape[1] for g in range(groups)]
+    stores = [{k: {"logprob": float(p[k])} for k in range(1 << n)} for p in parts]
+    grouped = {}
+    for seed in range(args.seeds):
+        for b in GRID:
+            games = [CachedGame(None, n, metric="logprob", store=s) for s in stores]
+            grouped[seed, int(b)] = estimate_documents(
+                games, sizes, SamplingConfig(budget=int(b), seed=seed)
+            ).combined
+    err, cover = score(grouped, exact, None, args.seeds)
+    whole_store = {k: {"logprob": float(whole_v[k])} for k in range(1 << n)}
+    lookup = CachedGame(None, n, metric="logprob", store=whole_store)
+    whole = {}
+    for seed in range(args.seeds):
+        for b in GRID:
+            lookup.begin_run()
+            whole[seed, int(b)] = estimate_shapley(
+                lookup, n, estimator="stratified", budget=int(b), seed=seed
+            )
+    err_w, cover_w = score(whole, exact, None, args.seeds)
+    return [
+        f"game: {meta['description']} ({meta['method']}, checkpoint sha256 "
+        f"{meta['checkpoint_weights_sha256'][:12]}); {docs} documents dealt into {groups} groups; "
+        f"{args.seeds} seeds; scored against the exact Shapley values of the table",
+        "",
+        f"{'whole-split evaluations (budget)':<34}" + "  ".join(f"{b:>6d}" for b in GRID),
+        *rows(f"stratified, {groups} document groups", err, cover, args.target),
+        *rows("stratified, whole split (default)", err_w, cover_w, args.target),
+    ]
+
+
+def _keys(mat: np.ndarray) -> np.ndarray:
+    m = np.atleast_2d(np.asarray(mat, dtype=bool))
+    return (m * (1 << np.arange(m.shape[1]))).sum(axis=1)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint")
+    p.add_argument("--doctable", help="a per-document 12-player table instead of the 18 players")
     p.add_argument("--groups", type=int, default=12)
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
@@ -218,97 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out")
     args = p.parse_args(argv)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    store_full, meta_full = load_data(DATA)
-    n = len(meta_full["player_names"])
-    if args.from_data:
-        store, meta = load(Path(args.from_data))
-        groups = int(meta["groups"])
-    else:
-        groups = args.groups
-        need: dict[int, set[int]] = {g: set() for g in range(groups)}
-
-        def record(g: int, k: int) -> float:
-            need[g].add(k)
-            return 0.0
-
-        simulate(n, groups, args.seeds, record)
-        print(f"phase 1: {sum(map(len, need.values()))} (group, coalition) pairs", flush=True)
-        store, cost = evaluate_groups(Path(args.checkpoint), groups, need, args.threads)
-        meta = {
-            "groups": groups,
-            "seeds": args.seeds,
-            **cost,
-            "checkpoint": Path(args.checkpoint).name,
-        }
-        if args.data:
-            save(Path(args.data), store, meta)
-    # reference: bench_shapley_large.py's pool of every default run on all 48 documents
-    from coto_tools.shapley.cache import CachedGame
-
-    lookup = CachedGame(None, n, metric="logprob", store=store_full)
-    _, ref_se, ref = default_reference(lookup, n)
-    # sanity: the groups' mean is the 48-document value
-    both = [k for k in store[0] if k in store_full and all(k in store[g] for g in range(groups))]
-    gap = max(
-        abs(np.mean([store[g][k] for g in range(groups)]) - store_full[k]["logprob"])
-        for k in both[:50]
-    )
-    err = np.full((args.seeds, GRID.size), np.nan)
-    inside: dict[int, list[bool]] = {int(b): [] for b in GRID}
-
-    # the estimate at each budget: the last one of a run whose cost is still within it
-    last: dict[tuple[int, int], tuple] = {}
-
-    def on_step(seed: int, run: GroupedRun) -> None:
-        within = [int(b) for b in GRID if run.cost / groups <= b]
-        if within:
-            result = run.estimate()
-            for b in within:
-                last[seed, b] = result
-
-    simulate(n, groups, args.seeds, lambda g, k: store[g][k], on_step)
-    for seed in range(args.seeds):
-        for j, b in enumerate(GRID):
-            if (seed, int(b)) in last and np.isfinite(last[seed, int(b)][0]).all():
-                est, se, dof = last[seed, int(b)]
-                err[seed, j] = rel_l2(est, ref)
-                half = t_quantile(max(dof, 1)) * np.sqrt(se**2 + np.median(ref_se, axis=0) ** 2)
-                inside[int(b)].extend(np.abs(est - ref) <= half)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # budgets where a group has < 2 pairs
-        med = np.nanmedian(err, axis=0)
-    ratio = meta["probe_s_per_eval_group"] / meta["probe_s_per_eval_whole"]
-    need_b = evals_to(err, GRID, args.target)
-    first = int(need_b) if np.isfinite(need_b) else None
-    lines = [
-        f"game: the 18 q/k/v adapters of {meta['checkpoint']}, the quick split's first {DOCS} "
-        f"documents in {groups} groups of {DOCS // groups}; {args.seeds} seeds",
-        f"group evaluations: {meta['coalitions']} in {meta['wall_s']:.0f} s wall, "
-        f"{meta['cpu_s']:.0f} s CPU",
-        f"time per evaluation, back to back on the same 300 coalitions: whole split "
-        f"{meta['probe_s_per_eval_whole'] * 1000:.1f} ms, one group "
-        f"{meta['probe_s_per_eval_group'] * 1000:.1f} ms ({ratio:.3f} of it; proportional "
-        f"would be {1 / groups:.3f})",
-        f"check: mean over groups - the 48-document value, max over {len(both[:50])} "
-        f"coalitions: {gap:.2e}",
-        "reference: bench_shapley_large.py's pool of all default runs (relative SE 0.0085)",
-        "",
-        "documents run, in whole splits:  " + "  ".join(f"{b:>6d}" for b in GRID),
-        "the same in time (whole splits): " + "  ".join(f"{b * groups * ratio:6.0f}" for b in GRID),
-        "median relative L2:              " + "  ".join(f"{x:6.4f}" for x in med),
-        "(nan: some group had fewer than 2 pairs, so no interval and no estimate)",
-        "coverage of the 95% intervals:   "
-        + "  ".join(
-            f"{np.mean(inside[int(b)]) if inside[int(b)] else float('nan'):6.3f}" for b in GRID
-        ),
-        "",
-        (
-            f"median <= {args.target:g} from {first} whole splits of documents on, the time of "
-            f"{first * groups * ratio:.0f} whole-split evaluations (the default needs 600)"
-            if first is not None
-            else f"median above {args.target:g} on the whole grid"
-        ),
-    ]
+    lines = doctable(args) if args.doctable else large(args)
     finish(lines, "time", wall0, cpu0, argv, args.out)
 
 

@@ -178,13 +178,20 @@ def open_game(
 
 
 def first_docs(task: Any, docs: int) -> Any:
-    """The same task restricted to the first ``docs`` documents of each split (one batch): an
-    instance of a subclass of the task's own class, so class-level checks still see it."""
+    """The same task restricted to the first ``docs`` documents of each split (one batch; its
+    :meth:`encoded` too, for a prompt task): an instance of a subclass of the task's own class,
+    so class-level checks still see it."""
     cls = type(task)
 
     class FirstDocs(cls):  # type: ignore[misc, valid-type]
         def batches(self, split: str, batch_size: int = 64) -> list[Any]:
             return cls.batches(self, split, docs)[:1]
+
+        def encoded(self, split: str) -> Any:  # what document_batches() deals out
+            from coto_tools.tasks.prompt_head import EncodedSplit
+
+            enc = cls.encoded(self, split)
+            return EncodedSplit(enc.input_ids[:docs], enc.attention_mask[:docs], enc.labels[:docs])
 
     FirstDocs.__name__ = cls.__name__
     clone = object.__new__(FirstDocs)

@@ -107,6 +107,15 @@ def shapley_cmd(
         "from the same coalitions: interactions.csv/.json, interaction_heatmap.png; several "
         "checkpoints: interaction_heatmaps.png on one colour scale.",
     ),
+    document_groups: str = typer.Option(
+        "auto",
+        "--document-groups",
+        metavar="auto|G",
+        help="Sample the documents too: deal the split into G groups, run stratified on each "
+        "(antithetic pairs to the groups in turn) and add them up; the budget counts whole-split "
+        "evaluations. auto: 12 groups (at least 4 documents each) when sampling on this "
+        "machine, else 1; 1: every coalition on the whole split.",
+    ),
     threads: int = THREADS,
     # -- user task (issue 7): own model + data, or a plugin --
     base_model: str | None = user_opts.BASE_MODEL,
@@ -153,6 +162,7 @@ def shapley_cmd(
         force=force,
         players_map=players_map,
         interactions=interactions,
+        document_groups=_groups_option(document_groups),
     )
     run_on = executor_from_cli(executor, ray_address, workers, device, dtype)
     apply_threads(threads)
@@ -178,6 +188,13 @@ def shapley_cmd(
             f"v(N) - v(empty) = {p.v_full - p.v_empty:.4g} ({config.metric.value}); "
             f"{s['n_examples']} examples; -> {r.out}"
         )
+        docs = s.get("document_groups")
+        if docs:
+            typer.echo(
+                f"  documents in {docs['groups']} groups: {docs['group_evaluations']} group "
+                f"evaluations = {docs['split_evaluations']:g} whole-split evaluations; "
+                f"pairs per group {min(docs['pairs'])}-{max(docs['pairs'])}; logs {docs['logs']}"
+            )
         if s.get("other"):
             typer.echo(
                 f"  player 'other' ({len(s['other'])} module(s) with no parsed "
@@ -196,6 +213,21 @@ def shapley_cmd(
                  if r.interactions is not None],
             )  # fmt: skip
         typer.echo(f"combined: {', '.join(str(f) for f in combined.values())}")
+
+
+def _groups_option(value: str) -> int | None:
+    """``--document-groups``: ``auto`` -> None, else a positive integer."""
+    from coto_tools.errors import OptionError
+
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        groups = int(value)
+    except ValueError:
+        raise OptionError(
+            f"--document-groups must be auto or an integer >= 1, got {value!r}"
+        ) from None
+    return groups
 
 
 def _run_label(r: ShapleyRunResult) -> str:

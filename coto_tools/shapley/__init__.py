@@ -1,13 +1,21 @@
 """Shapley values of cooperative games (numpy/scipy only; no torch).
 
 A game is a callable from a bool coalition matrix ``(k, n_players)`` to ``k`` values (or to a
-``{metric: (k,)}`` mapping); see :mod:`.cache`. Entry point: :func:`estimate_shapley`.
+``{metric: (k,)}`` mapping); see :mod:`.cache`. Entry point: :func:`estimate_shapley`; a game
+whose value is a mean over documents can be sampled per group of documents with
+:func:`estimate_documents` (:mod:`.documents`).
 """
 
 from __future__ import annotations
 
 from coto_tools.shapley._sampling import ProgressInfo, SamplingConfig
 from coto_tools.shapley.cache import CachedGame, Game
+from coto_tools.shapley.documents import (
+    GroupedResult,
+    combine_interactions,
+    combine_results,
+    estimate_documents,
+)
 from coto_tools.shapley.exact import EXACT_MAX_PLAYERS, shapley_from_table
 from coto_tools.shapley.games import (
     AdditiveGame,
@@ -41,6 +49,7 @@ __all__ = [
     "Estimator",
     "EvaluationLog",
     "Game",
+    "GroupedResult",
     "MajorityGame",
     "ProgressInfo",
     "SamplingConfig",
@@ -50,6 +59,9 @@ __all__ = [
     "UnanimityGame",
     "WithNullPlayers",
     "choose_estimator",
+    "combine_interactions",
+    "combine_results",
+    "estimate_documents",
     "estimate_shapley",
     "recompute",
     "redundant_adapter_game",

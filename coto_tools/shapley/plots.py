@@ -182,7 +182,11 @@ def plot_convergence(result: ShapleyResult, ax: Axes | None = None, *, top: int 
             ax.fill_between(tr.evaluations[ok], (est - se)[ok], (est + se)[ok],
                             color=line.get_color(), alpha=0.15, lw=0)  # fmt: skip
     ax.axhline(0.0, color="grey", lw=0.6)
-    ax.set_xlabel("evaluations (distinct coalitions)")
+    ax.set_xlabel(
+        "documents run, in whole-split evaluations"
+        if result.estimator.endswith("-documents")
+        else "evaluations (distinct coalitions)"
+    )
     ax.set_ylabel(f"Shapley value ({result.metric})")
     ax.set_title(f"{result.estimator}: running estimates (top {len(order)} players, +-1 SE)",
                  fontsize=9)  # fmt: skip

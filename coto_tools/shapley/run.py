@@ -40,7 +40,9 @@ from coto_tools.adapters.players import (
 from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError, enum_option
 from coto_tools.runtime.dtype import dtype_name
 from coto_tools.runtime.executor import ExecutorConfig, local_device, local_dtype, planned_dtype
+from coto_tools.shapley._sampling import SamplingConfig
 from coto_tools.shapley.cache import CachedGame
+from coto_tools.shapley.documents import combine_interactions, combine_results, estimate_documents
 from coto_tools.shapley.game_adapter import (
     AdapterGame,
     adapter_scalings,
@@ -52,7 +54,7 @@ from coto_tools.shapley.interaction_outputs import write_interactions
 from coto_tools.shapley.interactions import Interactions, estimate_interactions
 from coto_tools.shapley.log import EvaluationLog
 from coto_tools.shapley.outputs import write_outputs
-from coto_tools.shapley.registry import Estimator, estimate_shapley, recompute
+from coto_tools.shapley.registry import Estimator, choose_estimator, estimate_shapley, recompute
 from coto_tools.shapley.result import ShapleyResult
 from coto_tools.tasks.base import METRIC_NAMES, Task
 
@@ -64,6 +66,13 @@ on an idle 2-core machine (measured: the default run of a bbc-topic checkpoint, 
 faster."""
 
 LOG_FILE = "evaluations.jsonl"
+
+AUTO_DOCUMENT_GROUPS = 12
+"""``--document-groups auto``: this many groups (at least 4 documents each). Measured
+(benchmarks/bench_shapley_documents.py, 20 seeds, median relative L2 0.05): on the 18-module-player
+game 12 groups of 4 documents reached it at ... whole-split evaluations' worth of documents
+against 600 for the whole split, on two 12-player tables of per-document values at 75 and 50
+against 200 and 150."""
 
 
 class Metric(str, Enum):
@@ -109,6 +118,12 @@ class ShapleyConfig:
     interactions: bool = False
     """``--interactions``: also the pairwise Faith-Shap indices from the same coalitions
     (:mod:`coto_tools.shapley.interactions`; no extra evaluation)."""
+    document_groups: int | None = None
+    """``--document-groups G``: sample the documents too (:mod:`coto_tools.shapley.documents`):
+    the split dealt into ``G`` groups, ``stratified`` on each, the budget counted in whole-split
+    evaluations; 1: every coalition on the whole split; ``None`` (``auto``, the default): up to
+    :data:`AUTO_DOCUMENT_GROUPS` groups of at least 4 documents when the run samples (not
+    ``exact``) on a local evaluator, else 1."""
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -131,6 +146,22 @@ class ShapleyConfig:
             bad.append(f"--seed must be an integer >= 0, got {self.seed}")
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.sample_batch < 1:
             bad.append("batch sizes must be >= 1")
+        groups = self.document_groups
+        if groups is not None and (not isinstance(groups, int) or groups < 1):
+            bad.append(f"--document-groups must be auto or an integer >= 1, got {groups}")
+        elif (
+            groups is not None
+            and groups > 1
+            and self.estimator
+            not in (
+                Estimator.AUTO,
+                Estimator.STRATIFIED,
+            )
+        ):
+            bad.append(
+                "--document-groups samples each group with stratified; it cannot be used with "
+                f"--estimator {self.estimator.value}"
+            )
         if self.interactions and self.estimator is Estimator.SVARM:
             bad.append(
                 "--interactions needs the coalitions of exact, permutation, antithetic, "
@@ -366,21 +397,67 @@ def shapley_run(
     if capped is not None:
         warnings.warn(capped, stacklevel=2)
     _check_budget(config, n)
-    created = _missing_dirs(prep.out)
-    log_path = prep.out / LOG_FILE
-    new_log = not log_path.exists() or config.force
+    groups = _document_groups(config, n, prep.task, executor, evaluator)
+    log_paths = [prep.out / LOG_FILE] if groups == 1 else group_log_paths(prep.out, groups)
+    created = _missing_dirs(log_paths[0].parent)
+    new_logs = [p for p in log_paths if not p.exists() or config.force]
     try:
-        prep.out.mkdir(parents=True, exist_ok=True)
-        if config.force and log_path.exists():
-            log_path.unlink()
+        log_paths[0].parent.mkdir(parents=True, exist_ok=True)
+        for path in log_paths:
+            if config.force and path.exists():
+                path.unlink()
     except OSError as exc:
         raise ShapleyError(f"{prep.out}: cannot write here: {exc.strerror or exc}") from exc
     try:
-        return _run(prep, config, requested, capped, fingerprint, log_path, progress, model,
+        return _run(prep, config, requested, capped, fingerprint, log_paths, progress, model,
                     executor, evaluator, branch, figures)  # fmt: skip
     except BaseException:
-        _remove_if_empty(log_path if new_log else None, created)
+        for path in new_logs:
+            _remove_if_empty(path, [])
+        _remove_if_empty(None, created)
         raise
+
+
+def _document_groups(
+    config: ShapleyConfig, n: int, task: Task, executor: ExecutorConfig | None, evaluator: Any
+) -> int:
+    """The document groups the run uses: 1 when the estimator resolves to ``exact`` (every
+    coalition on the whole split: nothing to sample) or another sampler than ``stratified``;
+    else ``config.document_groups``, or for
+    ``auto`` :data:`AUTO_DOCUMENT_GROUPS` groups but at least 4 of the split's documents (or the
+    task's own batches) in each, 1 when fewer than 2 such groups fit or the evaluation is not
+    local. An explicit count the split or the executor cannot serve is refused."""
+    if config.document_groups == 1 or n < 2:
+        return 1
+    if config.estimator not in (Estimator.AUTO, Estimator.STRATIFIED):
+        return 1  # an explicit count with another estimator is refused by ShapleyConfig
+    if config.estimator is Estimator.AUTO:
+        budget = config.effective_budget()
+        if config.permutations is not None:
+            per = 2 + config.permutations * (n - 1)
+            budget = per if budget is None else min(budget, per)
+        if choose_estimator(n, budget) is Estimator.EXACT:
+            return 1
+    local = executor is None or executor.is_local
+    shared_ok = evaluator is None or callable(getattr(evaluator, "document_groups", None))
+    if config.document_groups is None:
+        if not (local and shared_ok):
+            return 1
+        budget = config.effective_budget()
+        if budget is not None and budget < 2 + 4 * (n - 1):
+            return 1  # two pairs per group cost 4 (n - 1) whole-split evaluations, any G
+        units = task.document_units(config.split.value)
+        return max(1, min(AUTO_DOCUMENT_GROUPS, units // 4)) if units >= 8 else 1
+    if not (local and shared_ok):
+        raise OptionError("--document-groups needs the local executor (not --executor ray)")
+    return config.document_groups
+
+
+def group_log_paths(out: Path, groups: int) -> list[Path]:
+    """The evaluation logs of a run over ``groups`` document groups: one per group, in
+    ``<out>/evaluations.<groups>-groups/``."""
+    folder = out / f"evaluations.{groups}-groups"
+    return [folder / f"group-{g + 1:02d}.jsonl" for g in range(groups)]
 
 
 def _missing_dirs(path: Path) -> list[Path]:
@@ -412,7 +489,7 @@ def _run(
     requested: ShapleyConfig,
     capped: str | None,
     fingerprint: str,
-    log_path: Path,
+    log_paths: list[Path],
     progress: bool,
     model: Any,
     executor: ExecutorConfig | None,
@@ -449,40 +526,48 @@ def _run(
             batch_size=config.eval_batch_size,
         )
         evaluator = make_evaluator(spec, executor)
+    doc_summary: dict[str, Any] | None = None
     try:
-        game = AdapterGame(evaluator, prep.players, metrics=metrics, adapter=branch)
-        with EvaluationLog(log_path, fingerprint, n) as log:
-            from_log = len(log)
-            bar = _EvalProgress(config, n, from_log) if progress else None
-            cached = CachedGame(
-                game,
-                n,
-                metric=config.metric.value,
-                log=log,
-                chunk=config.batch_size,
-                on_computed=None if bar is None else bar.computed,
+        if len(log_paths) > 1:
+            grouped = _estimate_documents(
+                prep, config, evaluator, branch, fingerprint, log_paths, progress
             )
-            try:
-                primary = estimate_shapley(
-                    cached,
+            primary, results, inter, computed_now, from_log, doc_summary = grouped
+        else:
+            game = AdapterGame(evaluator, prep.players, metrics=metrics, adapter=branch)
+            with EvaluationLog(log_paths[0], fingerprint, n) as log:
+                from_log = len(log)
+                bar = _EvalProgress(config, n, from_log) if progress else None
+                cached = CachedGame(
+                    game,
                     n,
-                    estimator=config.estimator,
-                    budget=config.effective_budget(),
-                    permutations=config.permutations,
-                    tol=config.tol,
-                    seed=config.seed,
-                    progress=False if bar is None else bar.update,
-                    batch_size=config.sample_batch,
-                    player_names=prep.players.names,
+                    metric=config.metric.value,
+                    log=log,
+                    chunk=config.batch_size,
+                    on_computed=None if bar is None else bar.computed,
                 )
-            finally:
-                if bar is not None:
-                    bar.close()
-        results = {
-            m: primary if m == config.metric.value else recompute(primary, cached, m)
-            for m in metrics
-        }
-        inter = estimate_interactions(primary, cached) if config.interactions else None
+                try:
+                    primary = estimate_shapley(
+                        cached,
+                        n,
+                        estimator=config.estimator,
+                        budget=config.effective_budget(),
+                        permutations=config.permutations,
+                        tol=config.tol,
+                        seed=config.seed,
+                        progress=False if bar is None else bar.update,
+                        batch_size=config.sample_batch,
+                        player_names=prep.players.names,
+                    )
+                finally:
+                    if bar is not None:
+                        bar.close()
+            results = {
+                m: primary if m == config.metric.value else recompute(primary, cached, m)
+                for m in metrics
+            }
+            inter = estimate_interactions(primary, cached) if config.interactions else None
+            computed_now = game.n_evaluated
     finally:
         if own:
             evaluator.close()
@@ -517,9 +602,10 @@ def _run(
         "seed": config.seed,
         "fingerprint": fingerprint,
         # of the coalitions this estimate used: those computed now, the rest came from the log
-        "evaluations_from_log": max(0, primary.evaluations - game.n_evaluated),
-        "evaluations_computed": game.n_evaluated,
+        "evaluations_from_log": max(0, primary.evaluations - computed_now),
+        "evaluations_computed": computed_now,
         "log_entries_before": from_log,
+        "document_groups": doc_summary,
         "wall_time_s": round(wall, 3),
     }
     files = write_outputs(
@@ -534,9 +620,117 @@ def _run(
         results=results,
         summary=summary,
         out=prep.out,
-        files=files | {"log": log_path},
+        files=files
+        | {"log": log_paths[0]}
+        | ({} if len(log_paths) == 1 else {"group_logs": log_paths[0].parent}),
         interactions=inter,
     )
+
+
+def _estimate_documents(
+    prep: Prepared,
+    config: ShapleyConfig,
+    evaluator: Any,
+    branch: str,
+    fingerprint: str,
+    log_paths: list[Path],
+    progress: bool,
+) -> tuple[ShapleyResult, dict[str, ShapleyResult], Interactions | None, int, int, dict[str, Any]]:
+    """``stratified`` over document groups (:mod:`coto_tools.shapley.documents`): one group
+    evaluator, cache and log per group. Returns ``(primary, results by metric, interactions,
+    whole-split evaluations computed now, log entries before, the summary's document_groups)``;
+    evaluation counts are in whole-split evaluations (a group's weighted by its documents)."""
+    from contextlib import ExitStack
+
+    groups = len(log_paths)
+    if not callable(getattr(evaluator, "document_groups", None)):
+        raise OptionError("--document-groups needs a local evaluator")
+    n = len(prep.players)
+    metrics = list(METRIC_NAMES)
+    views = evaluator.document_groups(groups)
+    try:
+        docs = np.array([v.n_examples for v in views], dtype=np.float64)
+        costs = docs / docs.sum()
+        if getattr(evaluator, "_sums", False):  # a metric per token: weigh by the tokens
+            empty = [v.value({}).n for v in views]
+            weights = np.asarray(empty, dtype=np.float64)
+        else:
+            weights = docs.copy()
+        weights = weights / weights.sum()
+        with ExitStack() as stack:
+            logs = [
+                stack.enter_context(
+                    EvaluationLog(path, f"{fingerprint}:documents {g + 1}/{groups}", n)
+                )
+                for g, path in enumerate(log_paths)
+            ]
+            from_log = float(np.dot(costs, [len(log) for log in logs]))
+            bar = _EvalProgress(config, n, round(from_log)) if progress else None
+            games = [AdapterGame(v, prep.players, metrics=metrics, adapter=branch) for v in views]
+            caches = [
+                CachedGame(
+                    game,
+                    n,
+                    metric=config.metric.value,
+                    log=log,
+                    chunk=config.batch_size,
+                    on_computed=None if bar is None else _scaled(bar.computed, float(c)),
+                )
+                for game, log, c in zip(games, logs, costs, strict=True)
+            ]
+            try:
+                grouped = estimate_documents(
+                    caches,
+                    weights,
+                    SamplingConfig(
+                        budget=config.effective_budget(),
+                        permutations=config.permutations,
+                        tol=config.tol,
+                        seed=config.seed,
+                        batch_size=config.sample_batch,
+                    ),
+                    costs=costs,
+                    progress=False if bar is None else bar.update,
+                    player_names=prep.players.names,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
+        primary = grouped.combined
+        results = {config.metric.value: primary}
+        for m in metrics:
+            if m != config.metric.value:
+                per = [recompute(r, c, m) for r, c in zip(grouped.groups, caches, strict=True)]
+                results[m] = combine_results(per, weights, costs=costs)
+        inter = None
+        if config.interactions:
+            inter = combine_interactions(
+                [estimate_interactions(r, c) for r, c in zip(grouped.groups, caches, strict=True)],
+                weights,
+                costs=costs,
+            )
+    finally:
+        for v in views:
+            v.close()
+    summary = {
+        "groups": groups,
+        "documents": [int(d) for d in docs],
+        "weights": [round(float(x), 6) for x in weights],
+        "pairs": [r.n_samples for r in grouped.groups],
+        "group_evaluations": grouped.group_evaluations,
+        "split_evaluations": round(grouped.split_evaluations, 3),
+        "logs": str(log_paths[0].parent),
+    }
+    return primary, results, inter, primary.computed, round(from_log), summary
+
+
+def _scaled(callback: Any, factor: float) -> Any:
+    """``k -> callback(k * factor)``: a group's coalitions counted in whole-split evaluations."""
+
+    def call(k: int) -> None:
+        callback(k * factor)
+
+    return call
 
 
 def _check_shared(evaluator: Any, branch: str, prep: Prepared, config: ShapleyConfig) -> None:

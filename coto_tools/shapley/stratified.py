@@ -40,9 +40,10 @@ the shared slopes took the stored table from 130 to 90 evaluations (chosen on 60
 reported on the benchmark's 20). On a game of 18 module players (q, k, v of 6 layers,
 benchmarks/bench_shapley_large.py) it needed 600 evaluations (0.072 at 300), shapiq's best more
 than 1,200; a cross-fitted cubic surrogate and herded pairs reached 0.062-0.071 at 300 there
-(benchmarks/bench_shapley_variants.py, not adopted); sampling the documents as well reached 0.05
-there at the time of 300-380 whole-split evaluations (benchmarks/bench_shapley_documents.py, a
-prototype outside the package).
+(benchmarks/bench_shapley_variants.py, not adopted). Sampling the documents as well, one
+``stratified`` run per group of documents (:mod:`.documents`, the default of adapter runs that
+sample), needs about a third of the documents on every game measured
+(benchmarks/bench_shapley_documents.py).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from coto_tools.errors import OptionError
+
 SPLITS = ("train", "eval", "quick")
 
 
@@ -128,6 +130,25 @@ class Task(ABC):
 
     @abstractmethod
     def batches(self, split: str, batch_size: int = 64) -> list[Batch]: ...
+
+    def document_units(self, split: str) -> int:
+        """How many units :meth:`document_batches` deals out: the batches of
+        :meth:`batches` asked for one example each (documents, or the task's own batches)."""
+        return len(self.batches(split, 1))
+
+    def document_batches(self, split: str, groups: int, batch_size: int = 64) -> list[list[Batch]]:
+        """The split cut into ``groups`` groups of documents, each as batches: the batches of
+        :meth:`batches` (asked for one example each; a task with its own batching keeps it) dealt
+        round-robin, batch ``b`` to group ``b mod groups``, so each group spans the split. Used
+        by Shapley runs that sample the documents too (:mod:`coto_tools.shapley.documents`).
+        Raises :class:`~coto_tools.errors.OptionError` when there are fewer batches than groups."""
+        units = self.batches(split, 1)
+        if len(units) < groups:
+            raise OptionError(
+                f"task {self.name}: split {split!r} comes in {len(units)} batch(es); it cannot be "
+                f"cut into {groups} groups of documents"
+            )
+        return [units[g::groups] for g in range(groups)]
 
     @abstractmethod
     def train_size(self) -> int: ...

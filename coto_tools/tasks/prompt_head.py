@@ -116,6 +116,28 @@ class PromptTask(Task):
         enc = self.encoded(split)
         return [self._batch(enc, slice(i, i + batch_size)) for i in range(0, len(enc), batch_size)]
 
+    def document_units(self, split: str) -> int:
+        return len(self.encoded(split))
+
+    def document_batches(self, split: str, groups: int, batch_size: int = 64) -> list[list[Batch]]:
+        """Documents dealt round-robin (document ``i`` to group ``i mod groups``, in split
+        order), each group in batches of ``batch_size``."""
+        enc = self.encoded(split)
+        if not 1 <= groups <= len(enc):
+            raise OptionError(
+                f"task {self.name}: split {split!r} has {len(enc)} documents; it cannot be cut "
+                f"into {groups} groups of documents"
+            )
+        if batch_size <= 0:
+            raise OptionError(f"batch_size must be positive, got {batch_size}")
+        out = []
+        for g in range(groups):
+            idx = torch.arange(g, len(enc), groups)
+            out.append(
+                [self._batch(enc, idx[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
+            )
+        return out
+
     def train_size(self) -> int:
         return len(self.encoded("train"))
 
