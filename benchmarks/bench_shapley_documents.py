@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE))
 from bench_shapley_estimators import evals_to, rel_l2  # noqa: E402
 from bench_shapley_large import default_reference, finish, load_data  # noqa: E402
 
+from coto_tools.adapters.atomic import atomic_write_text  # noqa: E402
 from coto_tools.shapley import estimate_shapley  # noqa: E402
 from coto_tools.shapley._sampling import SamplingConfig  # noqa: E402
 from coto_tools.shapley.cache import CachedGame  # noqa: E402
@@ -157,6 +158,8 @@ def score(results: dict[tuple[int, int], Any], ref: np.ndarray, ref_se: np.ndarr
             if r is None or not np.isfinite(r.values).all():
                 continue
             err[seed, j] = rel_l2(r.values, ref)
+            if not np.isfinite(r.std_errors).all():
+                continue  # no interval (a group with one pair): not counted as covered
             extra = 0.0 if ref_se is None else ref_se**2
             half = t_quantile(max(r.dof, 1)) * np.sqrt(r.std_errors**2 + extra)
             inside.extend(np.abs(r.values - ref) <= half)
@@ -172,7 +175,8 @@ def rows(label: str, err: np.ndarray, cover: list[float], target: float) -> list
     return [
         f"{label:<34}" + "  ".join(f"{x:6.4f}" for x in med)
         + f"   to {target:g}: {int(need) if np.isfinite(need) else '>' + str(GRID[-1])}",
-        f"{'  coverage of the 95% intervals':<34}" + "  ".join(f"{c:6.3f}" for c in cover),
+        f"{'  coverage of the 95% intervals':<34}" + "  ".join(f"{c:6.3f}" for c in cover)
+        + "   (nan: no interval, a sample or a group with one pair)",
     ]  # fmt: skip
 
 
@@ -213,6 +217,10 @@ def large(args: argparse.Namespace) -> list[str]:
     m = from_meta
     ratio = m["probe_s_per_eval_group"] / m["probe_s_per_eval_whole"]
     need = evals_to(err, GRID, args.target)
+    label = str(DATA.relative_to(HERE.parent))
+    args.need = {
+        label: {"stratified-documents": need, "stratified": evals_to(err_w, GRID, args.target)}
+    }
     return [
         f"game: the 18 q/k/v adapters of {m['checkpoint']}, the quick split's first {DOCS} "
         f"documents dealt into {groups} groups of {m['documents_per_group'][0]}; "
@@ -270,6 +278,12 @@ def doctable(args: argparse.Namespace) -> list[str]:
                 lookup, n, estimator="stratified", budget=int(b), seed=seed
             )
     err_w, cover_w = score(whole, exact, None, args.seeds)
+    args.need = {
+        args.doctable: {
+            "stratified-documents": evals_to(err, GRID, args.target),
+            "stratified": evals_to(err_w, GRID, args.target),
+        }
+    }
     return [
         f"game: {meta['description']} ({meta['method']}, checkpoint sha256 "
         f"{meta['checkpoint_weights_sha256'][:12]}); {docs} documents dealt into {groups} groups; "
@@ -301,6 +315,14 @@ def main(argv: list[str] | None = None) -> None:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     lines = doctable(args) if args.doctable else large(args)
     finish(lines, "time", wall0, cpu0, argv, args.out)
+    if args.out:  # for bench_shapley_estimators.py --summarize, beside the estimators' rows
+        doc = {
+            "target": args.target,
+            "seeds": args.seeds,
+            "grid": GRID.tolist(),
+            "need": {k: {e: float(x) for e, x in v.items()} for k, v in args.need.items()},
+        }
+        atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

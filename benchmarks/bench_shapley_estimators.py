@@ -1,11 +1,12 @@
 """Benchmark: Shapley estimators' error against exact values at equal evaluation budgets.
 
 For one or more table games (``--table file.npy|file.json``, repeatable; 2^n values indexed by
-coalition bitmask; see ``coto_tools.shapley.TableGame``) or, by default, a synthetic 12-player
-"redundant adapters" game (``redundant_adapter_game``: a saturating function of an additive score
-plus pairwise and triple synergies/conflicts), compare each estimator's relative L2 error
-``||phi_hat - phi|| / ||phi||`` and Spearman correlation with the exact values over ``--seeds``
-seeds, and the evaluations each needs to reach ``--target``:
+coalition bitmask; see ``coto_tools.shapley.TableGame``; or a per-document ``.safetensors``
+table of bench_shapley_doctable.py, whose game is the mean over its documents) or, by default, a
+synthetic 12-player "redundant adapters" game (``redundant_adapter_game``: a saturating function
+of an additive score plus pairwise and triple synergies/conflicts), compare each estimator's
+relative L2 error ``||phi_hat - phi|| / ||phi||`` and Spearman correlation with the exact values
+over ``--seeds`` seeds, and the evaluations each needs to reach ``--target``:
 
     evals->target = the smallest budget on the grid from which the *median* (over seeds)
     relative L2 error stays <= target at every larger grid budget.
@@ -180,6 +181,18 @@ def table_block(label, game, phi, rows, budgets, target, seeds) -> list[str]:
     return lines
 
 
+def load_table(path: str, metric: str | None) -> TableGame:
+    """A ``.npy``/``.json`` table, or a per-document table (``.safetensors`` from
+    bench_shapley_doctable.py) as the game of the mean over its documents."""
+    if not path.endswith(".safetensors"):
+        return TableGame.load(path, metric=metric)
+    from safetensors import safe_open
+
+    with safe_open(path, "np") as f:
+        values = f.get_tensor("logprob").mean(axis=1)
+    return TableGame(values)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--table", action="append", help=".npy or .json table (repeatable)")
@@ -199,12 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     if args.summarize:
-        summary = []
+        merged: dict[str, dict[str, float]] = {}  # a table's rows from several files
         lower: dict[str, dict[str, int]] = {}
         for f in args.summarize:
             doc = json.loads(Path(f).read_text())
-            summary += [(k, v) for k, v in doc["need"].items()]
+            for k, v in doc["need"].items():
+                merged.setdefault(k, {}).update(
+                    {e: x for e, x in v.items() if e not in merged.get(k, {})}
+                )
             lower |= doc.get("shapiq_lower_bound", {})
+        summary = list(merged.items())
         text = summary_lines(summary, args.target, lower) + [
             "from: " + ", ".join(args.summarize),
             "rerun: python "
@@ -218,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     games = []
     for t in args.table or []:
-        games.append((t, TableGame.load(t, metric=args.metric)))
+        games.append((t, load_table(t, args.metric)))
     if not games:
         games.append(
             (
@@ -256,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
 
 
+DOCS = "stratified-documents"
+
+
 def summary_lines(
     summary: list[tuple[str, dict[str, float]]],
     target: float,
@@ -264,13 +284,15 @@ def summary_lines(
     """One line per table. ``lower[table][approximator]``: the fewest evaluations a shapiq
     approximator can need given its grid (bench_shapley_large.py: one that never reached the
     target needs more than its largest budget); the goal's ratio is judged on it."""
-    auto = AUTO_SAMPLING.value
     out = [
-        f"summary: evaluations to median relative L2 <= {target:g}; auto = {auto}; goal: auto "
-        "<= 300 and <= 0.5 x the best shapiq approximator ('-': not run on that table; 'nan': "
-        "not reached on that table's grid; '>N': not reached within N)",
+        f"summary: evaluations to median relative L2 <= {target:g} (whole-split evaluations' "
+        "worth of documents for 'docs'); auto = stratified, which an adapter run (coto-tools "
+        "shapley) runs on 12 groups of documents ('docs', bench_shapley_documents.py; only "
+        "tables with per-document values can measure it); goal: auto <= 300 and <= 0.5 x the "
+        "best shapiq approximator, judged on 'docs' where measured, else 'strat' ('-': not run "
+        "on that table; 'nan': not reached on that table's grid; '>N': not reached within N)",
         f"{'table':61s} {'perm':>6s} {'anti':>6s} {'kshap':>6s} {'svarm':>6s} {'strat':>6s}"
-        f" {'best shapiq':>32s} {'auto/shapiq':>11s} {'goal':>5s}",
+        f" {'docs':>6s} {'best shapiq':>32s} {'auto/shapiq':>11s} {'goal':>5s}",
     ]
     for label, need in summary:
         low = (lower or {}).get(label, {})
@@ -279,7 +301,7 @@ def summary_lines(
         bound = {k: v if np.isfinite(v) else float(low.get(k, np.inf)) for k, v in shap.items()}
         best = min(bound, key=bound.__getitem__, default="")
         best_v = bound.get(best, float("nan"))
-        a = need[auto]
+        a = need.get(DOCS, need[AUTO_SAMPLING.value])
         ratio = a / best_v if best and np.isfinite(best_v) else float("nan")
         ok = a <= 300 and np.isfinite(ratio) and ratio <= 0.5
         cells = " ".join(
@@ -292,6 +314,7 @@ def summary_lines(
                 Estimator.STRATIFIED,
             )
         )
+        cells += f" {need[DOCS]:6.0f}" if DOCS in need else f" {'-':>6s}"
         reached = best and np.isfinite(shap.get(best, np.nan))
         shown = (
             f"{best.removeprefix('shapiq.')} {best_v:.0f}"

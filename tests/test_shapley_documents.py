@@ -42,7 +42,12 @@ class DocGame:
         self.common, self.own = common, own
 
     def per_doc(self, mat: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(mat, dtype=float))
+        """``(k, docs)``, row by row (a row's value must not depend on the batch it comes in:
+        matrix products round differently for different shapes)."""
+        rows = np.atleast_2d(np.asarray(mat, dtype=float))
+        return np.concatenate([self._per_doc(r[None, :]) for r in rows])
+
+    def _per_doc(self, x: np.ndarray) -> np.ndarray:
         shared = np.log1p(x @ self.a) + np.einsum("ki,ij,kj->k", x, self.q, x)
         # a third-order common part (what antithetic pairs leave), as on real adapter games
         shared = shared + 0.3 * np.tanh(np.einsum("ki,ij,kj->k", x, self.w3, x) / self.n)
@@ -86,9 +91,20 @@ def test_exact_identity_efficiency_budget_and_seed() -> None:
     # every group got the same number of pairs, up to one
     pairs = [r.n_samples for r in res.groups]
     assert max(pairs) - min(pairs) <= 1 and c.n_samples == sum(pairs)
-    # same seed, same numbers; another seed, other numbers
+    # the running estimates: at the whole-split evaluations spent after each pair
+    ev = c.trace.evaluations
+    assert np.all(np.diff(ev) >= 0) and len(set(ev.tolist())) > 3 and ev[-1] <= 120
+    # same seed, same numbers (whatever the batch size); another seed, other numbers
     again, _ = _run(game, 5, 120, seed=3)
     np.testing.assert_array_equal(again.combined.values, c.values)
+    idx = game.groups(5)
+    small = estimate_documents(
+        [CachedGame(game.group(ix), 8) for ix in idx],
+        [len(ix) for ix in idx],
+        SamplingConfig(budget=120, seed=3, batch_size=3),
+    )
+    np.testing.assert_array_equal(small.combined.values, c.values)
+    np.testing.assert_array_equal(small.combined.std_errors, c.std_errors)
     other, _ = _run(game, 5, 120, seed=4)
     assert not np.allclose(other.combined.values, c.values)
     # each group's result is a plain stratified run of its own seed: recompute replays it

@@ -68,7 +68,8 @@ def shapley_cmd(
         _D.estimator,
         "--estimator",
         help="auto: exact when 2^n <= budget (n <= 16), else stratified (antithetic pairs "
-        "balanced over positions, with position control variates).",
+        "balanced over positions, with position control variates; on groups of documents, see "
+        "--document-groups).",
     ),
     budget: int | None = typer.Option(
         None,

@@ -185,8 +185,9 @@ def estimate_documents(
 
     ``cfg.budget``: whole-split evaluations (a group evaluation costs ``costs[g]``, default
     ``weights[g]``), v(N) and v(empty) of every group included; ``cfg.permutations``: antithetic
-    pairs over all groups times two (as ``stratified``); ``cfg.batch_size``: new coalitions per
-    group drawn before they are evaluated (each group's in one prefix-sharing order);
+    pairs over all groups times two (as ``stratified``); ``cfg.batch_size``: a quarter of it
+    per group of new coalitions are drawn before they are evaluated (each group's in one
+    prefix-sharing order: a pair per group at a time would share fewer lower layers);
     ``cfg.tol``: stop once the combined estimate's largest standard error is below ``tol`` times
     the value range, checked after each batch. The sequence of pairs depends only on
     ``cfg.seed`` and the number of groups (and, with ``tol``, on when it stops), so a resumed
@@ -244,7 +245,7 @@ def estimate_documents(
 
     try:
         while not done:
-            batch: list[tuple[int, list[int]]] = []
+            batch: list[tuple[int, list[int], float]] = []
             pending: list[set[int]] = [set() for _ in range(G)]
             batch_cost = 0.0
             while max_pairs is None or pairs + len(batch) < max_pairs:
@@ -261,9 +262,9 @@ def estimate_documents(
                 cycle.pop(0)
                 pending[g] |= new
                 batch_cost += cost
-                batch.append((g, keys))
-                if sum(len(p) for p in pending) >= cfg.batch_size * G:
-                    break  # about batch_size per group: each evaluator walks one prefix tree
+                batch.append((g, keys, spent + batch_cost))
+                if sum(len(p) for p in pending) >= max(cfg.batch_size, cfg.batch_size * G // 4):
+                    break  # a quarter of batch_size per group: each walks one prefix tree
             else:
                 done = True
             if not batch:
@@ -271,15 +272,13 @@ def estimate_documents(
             for g in range(G):
                 if pending[g]:
                     games[g].values(sorted(pending[g]))
-            for g, keys in batch:
+            for g, keys, spent_after in batch:
                 samplers[g].add(keys, games[g].values(keys))
                 pairs += 1
                 if pairs >= next_trace and all(s.n_samples for s in samplers):
                     est, se = combined()
                     trace[0].append(pairs)
-                    trace[1].append(
-                        math.ceil(float(np.dot(c, [x.n_evaluations for x in games])) - 1e-9)
-                    )
+                    trace[1].append(math.ceil(spent_after - 1e-9))
                     trace[2].append(est)
                     trace[3].append(se)
                     next_trace = max(pairs + 1, math.ceil(pairs * cfg.trace_growth))
