@@ -167,6 +167,18 @@ def score(results: dict[tuple[int, int], Any], ref: np.ndarray, ref_se: np.ndarr
     return err, cover
 
 
+def whole_runs(lookup: CachedGame, n: int, seeds: int) -> dict[tuple[int, int], Any]:
+    """The whole-split default (``stratified``) at every budget of the grid, every seed."""
+    out = {}
+    for seed in range(seeds):
+        for b in GRID:
+            lookup.begin_run()
+            out[seed, int(b)] = estimate_shapley(
+                lookup, n, estimator="stratified", budget=int(b), seed=seed
+            )
+    return out
+
+
 def rows(label: str, err: np.ndarray, cover: list[float], target: float) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -206,14 +218,8 @@ def large(args: argparse.Namespace) -> list[str]:
     grouped = {(seed, int(b)): run_groups(stores, n, None, int(b), seed).combined
                for seed in range(args.seeds) for b in GRID}  # fmt: skip
     err, cover = score(grouped, ref, np.median(ref_se, axis=0), args.seeds)
-    whole = {}
-    for seed in range(args.seeds):
-        for b in GRID:
-            lookup.begin_run()
-            whole[seed, int(b)] = estimate_shapley(
-                lookup, n, estimator="stratified", budget=int(b), seed=seed
-            )
-    err_w, cover_w = score(whole, ref, np.median(ref_se, axis=0), args.seeds)
+    err_w, cover_w = score(whole_runs(lookup, n, args.seeds), ref, np.median(ref_se, axis=0),
+                           args.seeds)  # fmt: skip
     m = from_meta
     ratio = m["probe_s_per_eval_group"] / m["probe_s_per_eval_whole"]
     need = evals_to(err, GRID, args.target)
@@ -270,14 +276,7 @@ def doctable(args: argparse.Namespace) -> list[str]:
     err, cover = score(grouped, exact, None, args.seeds)
     whole_store = {k: {"logprob": float(whole_v[k])} for k in range(1 << n)}
     lookup = CachedGame(None, n, metric="logprob", store=whole_store)
-    whole = {}
-    for seed in range(args.seeds):
-        for b in GRID:
-            lookup.begin_run()
-            whole[seed, int(b)] = estimate_shapley(
-                lookup, n, estimator="stratified", budget=int(b), seed=seed
-            )
-    err_w, cover_w = score(whole, exact, None, args.seeds)
+    err_w, cover_w = score(whole_runs(lookup, n, args.seeds), exact, None, args.seeds)
     args.need = {
         args.doctable: {
             "stratified-documents": evals_to(err, GRID, args.target),
