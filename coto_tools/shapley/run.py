@@ -59,11 +59,13 @@ from coto_tools.shapley.result import ShapleyResult
 from coto_tools.tasks.base import METRIC_NAMES, Task
 
 DEFAULT_BUDGET = 300
-"""Default evaluation budget: 18 module players (MiniLM q/k/v) take about 8 antithetic pairs of
-permutations. With prefix reuse one evaluation of the 400-document eval split costs about 1.1 s
-on an idle 2-core machine (measured: the default run of a bbc-topic checkpoint, 296 evaluations,
-5 min 42 s wall in all), more on a loaded one; ``--split quick`` (128 documents) is about 2.5x
-faster."""
+"""Default evaluation budget, in whole-split evaluations: 18 module players (MiniLM q/k/v) take
+about 8 antithetic pairs of permutations on the whole split, or 8-9 pairs in each of 12 document
+groups (:data:`AUTO_DOCUMENT_GROUPS`). With prefix reuse one evaluation of the 400-document eval
+split costs about 1.1-1.4 s on an idle 2-core machine; back to back with one thread the default
+run of a bbc-topic checkpoint took 560 s wall, 513 s CPU in 12 document groups and 380 s wall,
+380 s CPU on the whole split (270 evaluations), 1.2x the CPU time per document for 2.6x smaller
+standard errors; ``--split quick`` (128 documents) is about 2.5x faster."""
 
 LOG_FILE = "evaluations.jsonl"
 
