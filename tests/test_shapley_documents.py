@@ -344,3 +344,19 @@ def test_auto_document_groups_rule(
     code, _, err = _cli([str(ckpt), "--document-groups", "many", "--out", str(tmp_path / "c")],
                         capsys)  # fmt: skip
     assert code == 2 and "auto or an integer" in err and not (tmp_path / "c").exists()
+
+
+def test_auto_resumes_a_whole_split_log(tiny_run: Path, tmp_path: Path) -> None:
+    """A folder holding a whole-split log (an interrupted ``--document-groups 1`` run, or one of
+    an earlier version) is resumed as such under ``auto``; ``--force`` starts over in groups."""
+    from coto_tools.shapley.run import LOG_FILE, ShapleyConfig, shapley_run
+
+    out = tmp_path / "s"
+    first = shapley_run(tiny_run, ShapleyConfig(budget=40, document_groups=1, out=out))
+    with pytest.warns(UserWarning, match="resuming this whole-split evaluation log"):
+        again = shapley_run(tiny_run, ShapleyConfig(budget=40, out=out))
+    assert again.summary["evaluations_computed"] == 0 and again.summary["document_groups"] is None
+    np.testing.assert_array_equal(again.primary.values, first.primary.values)
+    fresh = shapley_run(tiny_run, ShapleyConfig(budget=40, out=out, force=True))
+    assert fresh.summary["document_groups"]["groups"] == 12
+    assert (out / LOG_FILE).is_file()  # --force removes the logs of the run it starts

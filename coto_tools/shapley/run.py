@@ -403,6 +403,15 @@ def shapley_run(
         warnings.warn(capped, stacklevel=2)
     _check_budget(config, n)
     groups = _document_groups(config, n, prep.task, executor, evaluator)
+    if groups > 1 and config.document_groups is None and not config.force:
+        old_log = prep.out / LOG_FILE
+        if old_log.is_file() and not group_log_paths(prep.out, groups)[0].parent.exists():
+            groups = 1  # a whole-split run (e.g. of an earlier version) to resume: resume it
+            warnings.warn(
+                f"{old_log}: resuming this whole-split evaluation log (--document-groups 1); "
+                "--force starts over with document groups",
+                stacklevel=2,
+            )
     log_paths = [prep.out / LOG_FILE] if groups == 1 else group_log_paths(prep.out, groups)
     created = _missing_dirs(log_paths[0].parent)
     new_logs = [p for p in log_paths if not p.exists() or config.force]
