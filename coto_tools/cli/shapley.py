@@ -74,9 +74,12 @@ def shapley_cmd(
     budget: int | None = typer.Option(
         None,
         "--budget",
-        help=f"Most distinct coalitions evaluated [default: {DEFAULT_BUDGET}; one evaluation of "
-        "the 400-document eval split takes about 1.1 s on 2 idle cores (the default run of a "
-        "bbc-topic checkpoint: 5 min 42 s); --split quick (128 documents) is about 2.5x faster].",
+        help=f"Most distinct coalitions evaluated, counted in whole-split evaluations (with "
+        "document groups a group's evaluation counts its share of the documents) [default: "
+        f"{DEFAULT_BUDGET}; one evaluation of the 400-document eval split takes about 1.1-1.4 s "
+        "on 2 idle cores (the default run of a bbc-topic checkpoint: 9 min 20 s in 12 document "
+        "groups, 6 min 20 s with --document-groups 1); --split quick (128 documents) is about "
+        "2.5x faster].",
         show_default=False,
     ),
     permutations: int | None = typer.Option(
