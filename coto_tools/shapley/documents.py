@@ -42,7 +42,7 @@ from coto_tools.shapley._sampling import ProgressArg, ProgressInfo, SamplingConf
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.interactions import Interactions
 from coto_tools.shapley.result import ConvergenceTrace, ShapleyResult, interval
-from coto_tools.shapley.stratified import StratifiedSampler, estimate_stratified
+from coto_tools.shapley.stratified import StratifiedSampler, estimate_stratified, pair_cap
 
 ESTIMATOR = "stratified"
 Weights = Sequence[float] | np.ndarray
@@ -202,12 +202,7 @@ def estimate_documents(
     w = _check_weights(weights, G, "weights")
     c = w if costs is None else _check_weights(costs, G, "costs")
     budget = cfg.budget
-    if cfg.samples is not None:
-        max_pairs: int | None = cfg.samples
-    elif cfg.permutations is not None:
-        max_pairs = -(-cfg.permutations // 2)
-    else:
-        max_pairs = None
+    max_pairs = pair_cap(cfg)
     if budget is None and max_pairs is None:
         raise ShapleyError("stratified over document groups: give budget= or permutations=")
     if budget is not None and budget < 2:
