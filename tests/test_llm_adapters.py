@@ -595,3 +595,51 @@ def test_bert_dense_adapter_matches_peft(env: dict[str, Path]) -> None:
             logits = pm(**b.inputs).logits.double()
         lps.append(torch.log_softmax(logits, -1).gather(1, b.labels.view(-1, 1))[:, 0])
     assert math.isclose(full.logprob, float(torch.cat(lps).mean()), rel_tol=1e-5)
+
+
+def test_document_groups_add_up_on_token_and_question_tasks(env: dict[str, Path]) -> None:
+    """Group evaluators of a per-token task (prompt/completion, GPT-2) and of a multiple-choice
+    task (Llama): weighted by their ``n`` (tokens, questions) the groups' metrics are the whole
+    split's, so the documents-sampled Shapley values add up to the whole game's."""
+    for base, data in (("gpt2", "pc"), ("llama", "mc")):
+        task = get_task("user", base_model=str(env[base]), data=str(env[data]), batch_size=1)
+        ad = load_adapter(env[f"{base}_ad"])
+        ev = Evaluator(task, ad)
+        assert task.document_units("eval") >= 2
+        views = ev.document_groups(2)
+        rng = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            cfg = {m: float(torch.rand(1, generator=rng) < 0.5) for m in ad.modules}
+            whole = ev.value(cfg)
+            parts = [v.value(cfg) for v in views]
+            n = [p.n for p in parts]
+            assert sum(n) == whole.n
+            for m in ("logprob", "accuracy", "loss"):
+                got = sum(k * p.get(m) for k, p in zip(n, parts, strict=True)) / sum(n)
+                assert math.isclose(got, whole.get(m), rel_tol=1e-5, abs_tol=1e-9), (base, m)
+        ev.close()
+
+
+def test_cli_document_groups_on_a_per_token_task(
+    env: dict[str, Path], capsys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A grouped run on GPT-2 prompt/completion data: groups weighted by their scored tokens."""
+    out = tmp_path / "g"
+    code, stdout, err = _run(
+        ["shapley", str(env["gpt2_ad"]), "--players", "module", "--estimator", "stratified",
+         "--budget", "30", "--document-groups", "2", "--batch-size", "1", "--out", str(out),
+         "--quiet", "--base-model", str(env["gpt2"]), "--data", str(env["pc"])],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out / "shapley.json").read_text())
+    groups = doc["document_groups"]
+    assert groups["groups"] == 2 and groups["documents"] == [2, 2]
+    # weights: each group's share of the scored (completion) tokens, counted from the batches
+    task = get_task("user", base_model=str(env["gpt2"]), data=str(env["pc"]), batch_size=1)
+    scored = [sum(int(b.inputs[SCORE_MASK].sum()) for b in part)
+              for part in task.document_batches("eval", 2)]  # fmt: skip
+    assert sum(scored) == sum(len(word_ids(r["completion"])) for r in PC)
+    assert groups["weights"] == pytest.approx([k / sum(scored) for k in scored], abs=1e-6)
+    assert scored[0] != scored[1]  # so token weights differ from document weights here
+    assert abs(doc["efficiency_gap"]) < 1e-9 and doc["estimator"] == "stratified-documents"

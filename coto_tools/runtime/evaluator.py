@@ -320,7 +320,8 @@ class Evaluator(BaseEvaluator):
         logits = logits.float().cpu()
         self.n_forward += 1
         metrics = metrics_from_logits(logits, self.labels)
-        extra = self.task.extra_metrics(self.split, logits, self.labels)
+        # a task's own metrics are defined on the whole split (e.g. its question order)
+        extra = None if self._view_of else self.task.extra_metrics(self.split, logits, self.labels)
         if extra:
             metrics = replace(metrics, extra=tuple(sorted(extra.items())))
         self._cache[key] = metrics
@@ -336,7 +337,9 @@ class Evaluator(BaseEvaluator):
         one's model and adapters: the same configuration keys, each with its own caches and a
         prefix cache of ``1 / groups`` of this one's bound (each holds ``1 / groups`` of the
         documents). A group's metrics are means over its documents (or tokens): weighted by their
-        ``n`` they add up to this evaluator's. Closing a group evaluator drops its caches only;
+        ``n`` they add up to this evaluator's (the three of
+        :data:`~coto_tools.tasks.base.METRIC_NAMES`; a task's own extra metrics are not computed
+        on a group). Closing a group evaluator drops its caches only;
         close this one to remove the adapters."""
         parts = self.task.document_batches(self.split, groups, self.batch_size)
         views = []
