@@ -22,7 +22,7 @@ from coto_tools.runtime.gated import inject
 from coto_tools.shapley import estimate_shapley, recompute
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.game_adapter import AdapterGame
-from coto_tools.shapley.run import LOG_FILE, ShapleyConfig, shapley_run
+from coto_tools.shapley.run import LOG_FILE, ShapleyConfig, group_log_paths, shapley_run
 from coto_tools.tasks import metrics_from_logits
 from coto_tools.train import TrainConfig, load_run, train
 
@@ -183,22 +183,33 @@ def slow(game, coalitions):
     time.sleep(0.4)  # slow the game down so the parent can kill us mid-run
     return out
 AdapterGame.__call__ = slow
-cfg = ShapleyConfig(out=sys.argv[2], estimator="permutation", budget=40, seed=5, batch_size=4,
-                    split="quick")
-shapley_run(sys.argv[1], cfg)
+shapley_run(sys.argv[1], ShapleyConfig(out=sys.argv[2], **eval(sys.argv[4])))
 """
 
+# the same run sampled in 4 groups of the quick split's documents (8 each): one log per group
+GROUPED_CFG = dict(estimator="stratified", budget=60, seed=2, batch_size=4, split="quick",
+                   document_groups=4)  # fmt: skip
 
-def test_resume_after_sigkill(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.mark.parametrize("groups", [1, 4], ids=["whole-split", "document-groups"])
+def test_resume_after_sigkill(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, groups: int
+) -> None:
+    cfg = RESUME_CFG if groups == 1 else GROUPED_CFG
     out = tmp_path / "killed"
-    log = out / LOG_FILE
+    logs = [out / LOG_FILE] if groups == 1 else group_log_paths(out, groups)
+
+    def logged() -> list[list[str]]:
+        return [_log_keys(p) if p.exists() else [] for p in logs]
+
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    args = [sys.executable, "-c", _CHILD, str(ckpt), str(out), str(torch.get_num_threads())]
+    args = [sys.executable, "-c", _CHILD, str(ckpt), str(out), str(torch.get_num_threads()),
+            repr(cfg)]  # fmt: skip
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if log.exists() and len(_log_keys(log)) >= 10:
+            if sum(map(len, logged())) >= 10:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
@@ -206,14 +217,23 @@ def test_resume_after_sigkill(ckpt: Path, tmp_path: Path, monkeypatch: pytest.Mo
     finally:
         proc.kill()
         proc.wait()
-    before = _log_keys(log)
-    assert 10 <= len(before) < 30
+    before = logged()
+    n_before = sum(map(len, before))
+    assert 10 <= n_before < 30
     assert not (out / "shapley.json").exists()  # killed before any output was written
     counting = Counting(monkeypatch)
-    resumed = shapley_run(ckpt, ShapleyConfig(out=out, **RESUME_CFG))
-    assert not set(counting.keys) & {int(c[::-1], 2) for c in before}
+    resumed = shapley_run(ckpt, ShapleyConfig(out=out, **cfg))  # type: ignore[arg-type]
+    if groups == 1:
+        assert not set(counting.keys) & {int(c[::-1], 2) for c in before[0]}
+    # nothing logged was evaluated again: each log holds every coalition once
+    assert all(len(keys) == len(set(keys)) for keys in logged())
     n_resumed = len(counting.keys)
-    reference = shapley_run(ckpt, ShapleyConfig(out=tmp_path / "reference", **RESUME_CFG))
-    assert n_resumed == reference.primary.evaluations - len(before)
+    reference = shapley_run(ckpt, ShapleyConfig(out=tmp_path / "reference", **cfg))  # type: ignore[arg-type]
+    total = (
+        reference.primary.evaluations
+        if groups == 1
+        else reference.summary["document_groups"]["group_evaluations"]
+    )
+    assert n_resumed == total - n_before
     _assert_same_results(reference, resumed)
     shutil.rmtree(tmp_path / "reference")

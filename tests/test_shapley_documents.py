@@ -321,6 +321,11 @@ def test_auto_document_groups_rule(
     assert groups(budget=40, document_groups=1) == 1
     assert groups(budget=40, document_groups=5) == 5
     assert groups(estimator=Estimator.STRATIFIED) == 12  # the default budget
+    # --permutations p is a budget of 2 + p (n - 1) whole-split evaluations
+    assert groups(permutations=8) == 12 and groups(permutations=3) == 1
+    with pytest.raises(ShapleyError, match="too small for one antithetic pair"):
+        groups(budget=11, document_groups=4)  # one pair in each group costs 2 n = 12
+    assert groups(budget=12, document_groups=4) == 4
     ray = ExecutorConfig(kind="ray", workers=1)
     assert _document_groups(ShapleyConfig(budget=40), n, task, ray, None) == 1
     with pytest.raises(OptionError, match="local executor"):
@@ -344,6 +349,19 @@ def test_auto_document_groups_rule(
     code, _, err = _cli([str(ckpt), "--document-groups", "many", "--out", str(tmp_path / "c")],
                         capsys)  # fmt: skip
     assert code == 2 and "auto or an integer" in err and not (tmp_path / "c").exists()
+    # a budget in permutations: their whole-split cost, in groups
+    code, out, err = _cli([str(ckpt), "--permutations", "8", "--quiet", "--out",
+                           str(tmp_path / "p")], capsys)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((tmp_path / "p" / "shapley.json").read_text())
+    assert doc["document_groups"]["groups"] == 12 and doc["evaluations"] <= 2 + 8 * 5
+    # an explicit count the budget cannot serve: one line, exit 2, nothing written
+    # (--permutations 1: 2 + 5 = 7 whole-split evaluations; one pair on the whole split fits)
+    argv = [str(ckpt), "--permutations", "1", "--estimator", "stratified", "--document-groups",
+            "4", "--out", str(tmp_path / "d")]  # fmt: skip
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "too small" in err, err
+    assert not (tmp_path / "d").exists()
 
 
 def test_auto_resumes_a_whole_split_log(tiny_run: Path, tmp_path: Path) -> None:
@@ -360,74 +378,3 @@ def test_auto_resumes_a_whole_split_log(tiny_run: Path, tmp_path: Path) -> None:
     fresh = shapley_run(tiny_run, ShapleyConfig(budget=40, out=out, force=True))
     assert fresh.summary["document_groups"]["groups"] == 12
     assert (out / LOG_FILE).is_file()  # --force removes the logs of the run it starts
-
-
-_CHILD = r"""
-import sys, time, torch
-torch.set_num_threads(1)
-from coto_tools.shapley.game_adapter import AdapterGame
-from coto_tools.shapley.run import ShapleyConfig, shapley_run
-original = AdapterGame.__call__
-def slow(game, coalitions):
-    out = original(game, coalitions)
-    time.sleep(0.3)  # slow the game down so the parent can kill us mid-run
-    return out
-AdapterGame.__call__ = slow
-shapley_run(sys.argv[1], ShapleyConfig(out=sys.argv[2], **eval(sys.argv[3])))
-"""
-
-
-def test_document_groups_resume_after_sigkill(tiny_run: Path, tmp_path: Path) -> None:
-    """Killed (SIGKILL) mid-run, a grouped run resumes from its groups' logs: nothing logged is
-    evaluated again (every group log ends without a repeated coalition), and the numbers are
-    those of an uninterrupted run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from coto_tools.shapley.run import ShapleyConfig, group_log_paths, shapley_run
-
-    cfg = dict(estimator="stratified", budget=60, seed=2, batch_size=4, split="quick",
-               document_groups=4)  # fmt: skip
-    out = tmp_path / "killed"
-    logs = group_log_paths(out, 4)
-
-    def logged() -> list[list[str]]:
-        return [
-            [json.loads(x)["coalition"] for x in p.read_text().splitlines()[1:] if x.strip()]
-            if p.exists() else []
-            for p in logs
-        ]  # fmt: skip
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(tiny_run), str(out), repr(cfg)],
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if sum(map(len, logged())) >= 24:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    before = sum(map(len, logged()))
-    assert before >= 24 and not (out / "shapley.json").exists()
-    resumed = shapley_run(tiny_run, ShapleyConfig(out=out, **cfg))  # type: ignore[arg-type]
-    reference = shapley_run(tiny_run, ShapleyConfig(out=tmp_path / "ref", **cfg))  # type: ignore[arg-type]
-    after = logged()
-    assert all(len(keys) == len(set(keys)) for keys in after)
-    total = reference.summary["document_groups"]["group_evaluations"]
-    assert sum(map(len, after)) == total > before
-    for m in ("logprob", "accuracy", "loss"):
-        np.testing.assert_array_equal(resumed.results[m].values, reference.results[m].values)
-        np.testing.assert_array_equal(
-            resumed.results[m].std_errors, reference.results[m].std_errors
-        )

@@ -27,6 +27,15 @@ from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.result import ConvergenceTrace, ShapleyResult, interval
 
 
+def evaluation_budget(n_players: int, budget: int | None, permutations: int | None) -> int | None:
+    """The evaluation budget of a request: ``budget``, capped by ``2 + permutations (n - 1)``
+    (what that many permutations can cost at most); ``None`` when neither is given."""
+    if permutations is None:
+        return budget
+    per = 2 + permutations * (n_players - 1)
+    return per if budget is None else min(budget, per)
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How much to sample and when to stop.
@@ -53,6 +62,11 @@ class SamplingConfig:
     min_samples: int = 8
     max_samples_factor: int = 20
     trace_growth: float = 1.1
+
+    def evaluation_budget(self, n_players: int) -> int | None:
+        """:func:`evaluation_budget` of this config (for estimators that are not permutation
+        samplers: ``permutations`` is a budget)."""
+        return evaluation_budget(n_players, self.budget, self.permutations)
 
     def __post_init__(self) -> None:
         for name in ("budget", "permutations", "samples"):

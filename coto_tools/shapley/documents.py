@@ -42,7 +42,7 @@ from coto_tools.shapley._sampling import ProgressArg, ProgressInfo, SamplingConf
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.interactions import Interactions
 from coto_tools.shapley.result import ConvergenceTrace, ShapleyResult, interval
-from coto_tools.shapley.stratified import StratifiedSampler, estimate_stratified, pair_cap
+from coto_tools.shapley.stratified import StratifiedSampler, estimate_stratified
 
 ESTIMATOR = "stratified"
 Weights = Sequence[float] | np.ndarray
@@ -184,8 +184,9 @@ def estimate_documents(
     documents, with its own cache and log), pairs to the groups in cycles of a random order.
 
     ``cfg.budget``: whole-split evaluations (a group evaluation costs ``costs[g]``, default
-    ``weights[g]``), v(N) and v(empty) of every group included; ``cfg.permutations``: antithetic
-    pairs over all groups times two (as ``stratified``); ``cfg.batch_size``: a quarter of it
+    ``weights[g]``), v(N) and v(empty) of every group included; ``cfg.permutations=p``: the
+    budget ``2 + p (n - 1)`` (what ``p`` permutations of the whole split cost, as for the
+    estimators that are not permutation samplers); ``cfg.batch_size``: a quarter of it
     per group of new coalitions are drawn before they are evaluated (each group's in one
     prefix-sharing order: a pair per group at a time would share fewer lower layers);
     ``cfg.tol``: stop once the combined estimate's largest standard error is below ``tol`` times
@@ -201,8 +202,8 @@ def estimate_documents(
     G = len(games)
     w = _check_weights(weights, G, "weights")
     c = w if costs is None else _check_weights(costs, G, "costs")
-    budget = cfg.budget
-    max_pairs = pair_cap(cfg)
+    budget = cfg.evaluation_budget(n)
+    max_pairs = cfg.samples
     if budget is None and max_pairs is None:
         raise ShapleyError("stratified over document groups: give budget= or permutations=")
     if budget is not None and budget < 2:

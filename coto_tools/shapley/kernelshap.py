@@ -114,10 +114,7 @@ def estimate_kernelshap(
 ) -> ShapleyResult:
     """Paired KernelSHAP; ``permutations=p`` means the budget ``2 + p (n - 1)``."""
     n = cached.n_players
-    budget = cfg.budget
-    if cfg.permutations is not None:
-        per = 2 + cfg.permutations * (n - 1)
-        budget = per if budget is None else min(budget, per)
+    budget = cfg.evaluation_budget(n)
     return run_sampler(
         cached,
         KernelShapSampler(n),

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 
 from coto_tools.errors import ShapleyError
-from coto_tools.shapley._sampling import ProgressArg, SamplingConfig
+from coto_tools.shapley._sampling import ProgressArg, SamplingConfig, evaluation_budget
 from coto_tools.shapley.antithetic import estimate_antithetic
 from coto_tools.shapley.cache import CachedGame, Game
 from coto_tools.shapley.exact import EXACT_MAX_PLAYERS, estimate_exact
@@ -132,11 +132,7 @@ def estimate_shapley(
     if names is not None and len(names) != n_players:
         raise ShapleyError(f"{len(names)} player names for {n_players} players")
     if choice is Estimator.AUTO:
-        eff_budget = budget
-        if permutations is not None:
-            per = 2 + permutations * (n_players - 1)
-            eff_budget = per if eff_budget is None else min(eff_budget, per)
-        choice = choose_estimator(n_players, eff_budget)
+        choice = choose_estimator(n_players, evaluation_budget(n_players, budget, permutations))
     if n_players == 1:
         choice = Estimator.EXACT
     return ESTIMATORS[choice](cached, cfg, progress=progress, player_names=names)

@@ -40,7 +40,7 @@ from coto_tools.adapters.players import (
 from coto_tools.errors import CheckpointError, OptionError, ShapleyError, TaskError, enum_option
 from coto_tools.runtime.dtype import dtype_name
 from coto_tools.runtime.executor import ExecutorConfig, local_device, local_dtype, planned_dtype
-from coto_tools.shapley._sampling import SamplingConfig
+from coto_tools.shapley._sampling import SamplingConfig, evaluation_budget
 from coto_tools.shapley.cache import CachedGame
 from coto_tools.shapley.documents import combine_interactions, combine_results, estimate_documents
 from coto_tools.shapley.game_adapter import (
@@ -325,10 +325,7 @@ def cap_budget(config: ShapleyConfig, n: int) -> tuple[ShapleyConfig, str | None
     if config.estimator in (Estimator.EXACT, Estimator.AUTO) or n > 62:
         return config, None
     total = 1 << n
-    budget = config.effective_budget()
-    if config.permutations is not None:
-        per = 2 + config.permutations * (n - 1)
-        budget = per if budget is None else min(budget, per)
+    budget = evaluation_budget(n, config.effective_budget(), config.permutations)
     if budget is None or budget < total:
         return config, None
     note = (
@@ -437,33 +434,35 @@ def _document_groups(
 ) -> int:
     """The document groups the run uses: 1 when the estimator resolves to ``exact`` (every
     coalition on the whole split: nothing to sample) or another sampler than ``stratified``;
-    else ``config.document_groups``, or for
-    ``auto`` :data:`AUTO_DOCUMENT_GROUPS` groups but at least 4 of the split's documents (or the
-    task's own batches) in each, 1 when fewer than 2 such groups fit or the evaluation is not
-    local. An explicit count the split or the executor cannot serve is refused."""
+    else ``config.document_groups``, or for ``auto`` :data:`AUTO_DOCUMENT_GROUPS` groups but at
+    least 4 of the split's documents (or the task's own batches) in each, 1 when fewer than 2
+    such groups fit, two pairs per group do not fit the budget or the evaluation is not local.
+    An explicit count the executor or the budget cannot serve is refused (before anything is
+    written)."""
     if config.document_groups == 1 or n < 2:
         return 1
     if config.estimator not in (Estimator.AUTO, Estimator.STRATIFIED):
         return 1  # an explicit count with another estimator is refused by ShapleyConfig
-    if config.estimator is Estimator.AUTO:
-        budget = config.effective_budget()
-        if config.permutations is not None:
-            per = 2 + config.permutations * (n - 1)
-            budget = per if budget is None else min(budget, per)
-        if choose_estimator(n, budget) is Estimator.EXACT:
-            return 1
+    budget = evaluation_budget(n, config.effective_budget(), config.permutations)
+    if config.estimator is Estimator.AUTO and choose_estimator(n, budget) is Estimator.EXACT:
+        return 1
     local = executor is None or executor.is_local
     shared_ok = evaluator is None or callable(getattr(evaluator, "document_groups", None))
     if config.document_groups is None:
         if not (local and shared_ok):
             return 1
-        budget = config.effective_budget()
         if budget is not None and budget < 2 + 4 * (n - 1):
             return 1  # two pairs per group cost 4 (n - 1) whole-split evaluations, any G
         units = task.document_units(config.split.value)
         return max(1, min(AUTO_DOCUMENT_GROUPS, units // 4)) if units >= 8 else 1
     if not (local and shared_ok):
         raise OptionError("--document-groups needs the local executor (not --executor ray)")
+    if budget is not None and budget < 2 * n:  # one pair per group costs 2 (n - 1), any G
+        raise ShapleyError(
+            f"budget {budget} is too small for one antithetic pair in each of the "
+            f"{config.document_groups} document groups of {n} players (at least {2 * n} "
+            "whole-split evaluations: a larger budget, or --document-groups 1)"
+        )
     return config.document_groups
 
 
@@ -656,9 +655,7 @@ def _estimate_documents(
     evaluation counts are in whole-split evaluations (a group's weighted by its documents)."""
     from contextlib import ExitStack
 
-    groups = len(log_paths)
-    if not callable(getattr(evaluator, "document_groups", None)):
-        raise OptionError("--document-groups needs a local evaluator")
+    groups = len(log_paths)  # > 1 only for an evaluator with document_groups (_document_groups)
     n = len(prep.players)
     metrics = list(METRIC_NAMES)
     views = evaluator.document_groups(groups)

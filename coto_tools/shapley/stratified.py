@@ -279,16 +279,6 @@ def weighted_position_covariate(
     return out - mean
 
 
-def pair_cap(cfg: SamplingConfig) -> int | None:
-    """The most antithetic pairs a config allows: ``samples``, else ``ceil(permutations / 2)``,
-    else no cap (the budget decides)."""
-    if cfg.samples is not None:
-        return int(cfg.samples)
-    if cfg.permutations is not None:
-        return -(-cfg.permutations // 2)
-    return None
-
-
 def estimate_stratified(
     cached: CachedGame,
     cfg: SamplingConfig,
@@ -299,7 +289,12 @@ def estimate_stratified(
     """Position-stratified antithetic sampling with a control variate; ``permutations=p`` draws
     ``ceil(p / 2)`` pairs (as :func:`~coto_tools.shapley.antithetic.estimate_antithetic`)."""
     sampler = StratifiedSampler(cached.n_players)
-    max_samples = pair_cap(cfg)
+    if cfg.samples is not None:
+        max_samples: int | None = cfg.samples
+    elif cfg.permutations is not None:
+        max_samples = -(-cfg.permutations // 2)
+    else:
+        max_samples = None
     return run_sampler(
         cached,
         sampler,

@@ -191,10 +191,7 @@ def estimate_svarm(
 ) -> ShapleyResult:
     """Stratified SVARM; ``permutations=p`` means the budget ``2 + p (n - 1)``."""
     n = cached.n_players
-    budget = cfg.budget
-    if cfg.permutations is not None:
-        per = 2 + cfg.permutations * (n - 1)
-        budget = per if budget is None else min(budget, per)
+    budget = cfg.evaluation_budget(n)
     max_samples = cfg.samples
     if n <= 3:  # every stratum is exact: one sample (the exact stage) is the whole estimate
         max_samples = 1
