@@ -12,8 +12,15 @@ os.environ.setdefault("COTO_TOOLS_THREADS", "1")  # the CLI's thread default in 
 
 import pytest  # noqa: E402  (environment must be set before the imports below)
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 torch.set_num_threads(1)
+
+# Property tests draw the same examples on every run (a CI gate must not pass or fail by luck);
+# HYPOTHESIS_PROFILE=explore draws fresh random examples each run, for hunting new failures.
+settings.register_profile("default", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import stat
 import struct
 import tempfile
@@ -556,8 +557,17 @@ CASES = [
     ),
     Case(
         "bin-garbage",
-        raw_file("junk.bin", os.urandom(64)),
+        raw_file("junk.bin", random.Random(0).randbytes(64)),
         ("junk.bin", "cannot load"),
+        PICKLE,
+        ALLOW,
+    ),
+    Case(
+        # starts like a pickle of protocol 222: torch warns before it fails; the CLI still
+        # prints one line (one in ~128 random files starts with 0x80 and hit this in CI)
+        "bin-garbage-pickle-protocol",
+        raw_file("proto.bin", b"\x80\xde" + random.Random(1).randbytes(62)),
+        ("proto.bin", "cannot load"),
         PICKLE,
         ALLOW,
     ),
@@ -804,3 +814,34 @@ def test_fuzz_mutated_valid_file(edits: list[tuple[int, int]], cut: int) -> None
 def test_fuzz_generated_headers(header: dict, data: bytes) -> None:
     raw = json.dumps(header).encode()
     _only_coto_errors(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def test_pickle_warnings_dropped_on_failure_and_passed_on_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coto_tools.adapters import _header
+    from coto_tools.errors import CheckpointError
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x")
+
+    def warn_then(result: object):
+        def fake_load(*args: object, **kwargs: object) -> object:
+            warnings.warn("torch says something", UserWarning, stacklevel=1)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return fake_load
+
+    monkeypatch.setattr(_header.torch, "load", warn_then(RuntimeError("bad bytes")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="RuntimeError: bad bytes"):
+            _header.load_pickle(path)
+    assert [str(w.message) for w in caught] == []
+
+    monkeypatch.setattr(_header.torch, "load", warn_then({"w": torch.ones(2)}))
+    with pytest.warns(UserWarning, match="torch says something"):
+        out = _header.load_pickle(path)
+    assert list(out) == ["w"]

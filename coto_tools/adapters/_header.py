@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,13 +156,25 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], list
 
 def load_pickle(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``: tensors and plain containers only, no code runs."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... for bad files
-        msg = " ".join(str(exc).split())[:200]
+    # torch warns while it reads some bad files (e.g. "Detected pickle protocol 222" for bytes
+    # that start like a pickle): the warnings are held back, dropped when the load fails (the
+    # error says it all, on one line) and passed on when it succeeds.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... for bad files
+            failure: Exception | None = exc
+        else:
+            failure = None
+    if failure is not None:
+        msg = " ".join(str(failure).split())[:200]
         raise CheckpointError(
-            f"{path}: cannot load with torch.load(weights_only=True): {type(exc).__name__}: {msg}"
-        ) from exc
+            f"{path}: cannot load with torch.load(weights_only=True): "
+            f"{type(failure).__name__}: {msg}"
+        ) from failure
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
