@@ -323,9 +323,9 @@ def test_auto_document_groups_rule(
     assert groups(estimator=Estimator.STRATIFIED) == 12  # the default budget
     # --permutations p is a budget of 2 + p (n - 1) whole-split evaluations
     assert groups(permutations=8) == 12 and groups(permutations=3) == 1
-    with pytest.raises(ShapleyError, match="too small for one antithetic pair"):
-        groups(budget=11, document_groups=4)  # one pair in each group costs 2 n = 12
-    assert groups(budget=12, document_groups=4) == 4
+    with pytest.raises(ShapleyError, match="too small for two antithetic pairs"):
+        groups(budget=21, document_groups=4)  # two pairs in each group cost 2 + 4 (n - 1) = 22
+    assert groups(budget=22, document_groups=4) == 4
     ray = ExecutorConfig(kind="ray", workers=1)
     assert _document_groups(ShapleyConfig(budget=40), n, task, ray, None) == 1
     with pytest.raises(OptionError, match="local executor"):

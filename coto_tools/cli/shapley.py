@@ -117,8 +117,9 @@ def shapley_cmd(
         metavar="auto|G",
         help="Sample the documents too: deal the split into G groups, run stratified on each "
         "(antithetic pairs to the groups in turn) and add them up; the budget counts whole-split "
-        "evaluations. auto: 12 groups (at least 4 documents each) when sampling on this "
-        "machine, else 1; 1: every coalition on the whole split.",
+        "evaluations and must give each group two pairs (2 + 4 (n - 1)). auto: 12 groups (at "
+        "least 4 documents each) when sampling on this machine and that fits, else 1; 1: every "
+        "coalition on the whole split.",
     ),
     threads: int = THREADS,
     # -- user task (issue 7): own model + data, or a plugin --

@@ -290,12 +290,13 @@ def estimate_documents(
                     done = True
     finally:
         bar.close()
-    short = [g for g, s in enumerate(samplers) if s.n_samples == 0]
+    short = [g for g, s in enumerate(samplers) if s.n_samples < 2]
     if short:
+        limit = f"budget {budget}" if budget is not None else f"{max_pairs} pairs"
         raise ShapleyError(
-            f"budget {budget} is too small for one antithetic pair in each of the {G} document "
-            f"groups of {n} players (about {2 * n} whole-split evaluations are needed: a larger "
-            "budget, or fewer groups)"
+            f"{limit} is too small for two antithetic pairs in each of the {G} document groups "
+            f"of {n} players (a group's standard error needs two; about {2 + 4 * (n - 1)} "
+            "whole-split evaluations are needed: a larger budget, or fewer groups)"
         )
     computed = [game.n_computed - c0 for game, c0 in zip(games, computed0, strict=True)]
     # each group's result from its own seed and pair count (no evaluation: all are cached), so

@@ -437,8 +437,8 @@ def _document_groups(
     else ``config.document_groups``, or for ``auto`` :data:`AUTO_DOCUMENT_GROUPS` groups but at
     least 4 of the split's documents (or the task's own batches) in each, 1 when fewer than 2
     such groups fit, two pairs per group do not fit the budget or the evaluation is not local.
-    An explicit count the executor or the budget cannot serve is refused (before anything is
-    written)."""
+    An explicit count the executor or the budget cannot serve (two pairs per group) is refused
+    before anything is written."""
     if config.document_groups == 1 or n < 2:
         return 1
     if config.estimator not in (Estimator.AUTO, Estimator.STRATIFIED):
@@ -457,11 +457,13 @@ def _document_groups(
         return max(1, min(AUTO_DOCUMENT_GROUPS, units // 4)) if units >= 8 else 1
     if not (local and shared_ok):
         raise OptionError("--document-groups needs the local executor (not --executor ray)")
-    if budget is not None and budget < 2 * n:  # one pair per group costs 2 (n - 1), any G
+    need = 2 + 4 * (n - 1)  # two pairs per group (a standard error needs two), any G
+    if budget is not None and budget < need:
         raise ShapleyError(
-            f"budget {budget} is too small for one antithetic pair in each of the "
-            f"{config.document_groups} document groups of {n} players (at least {2 * n} "
-            "whole-split evaluations: a larger budget, or --document-groups 1)"
+            f"budget {budget} is too small for two antithetic pairs in each of the "
+            f"{config.document_groups} document groups of {n} players (a standard error needs "
+            f"two; at least {need} whole-split evaluations: a larger budget, or "
+            "--document-groups 1)"
         )
     return config.document_groups
 
