@@ -48,6 +48,14 @@ ESTIMATOR = "stratified"
 Weights = Sequence[float] | np.ndarray
 
 
+def two_pairs_budget(n_players: int) -> int:
+    """The smallest budget (whole-split evaluations) that gives every group two antithetic pairs,
+    whatever the number of groups: v(N) and v(empty) of each group (2 in all) and two pairs of
+    ``n - 1`` coalitions each in each group (``4 (n - 1)`` in all). A group's standard error
+    needs two pairs."""
+    return 2 + 4 * (n_players - 1)
+
+
 def group_seed(seed: int, group: int, groups: int) -> int:
     """The seed of group ``group``'s own ``stratified`` run (a non-negative int, so the group's
     result can be replayed by :func:`~coto_tools.shapley.recompute`)."""
@@ -295,7 +303,7 @@ def estimate_documents(
         limit = f"budget {budget}" if budget is not None else f"{max_pairs} pairs"
         raise ShapleyError(
             f"{limit} is too small for two antithetic pairs in each of the {G} document groups "
-            f"of {n} players (a group's standard error needs two; about {2 + 4 * (n - 1)} "
+            f"of {n} players (a group's standard error needs two; about {two_pairs_budget(n)} "
             "whole-split evaluations are needed: a larger budget, or fewer groups)"
         )
     computed = [game.n_computed - c0 for game, c0 in zip(games, computed0, strict=True)]
@@ -312,11 +320,14 @@ def estimate_documents(
         )
         for game, s, seed, k in zip(games, samplers, seeds, computed, strict=True)
     )
+    if not trace[0]:  # no trace point yet: the final estimate is the only one
+        est, se = combined()
+        trace = ([pairs], [math.ceil(spent - 1e-9)], [est], [se])
     final = ConvergenceTrace(
-        samples=np.asarray(trace[0] or [pairs]),
-        evaluations=np.asarray(trace[1] or [math.ceil(spent - 1e-9)]),
-        estimates=np.asarray(trace[2] or [combined()[0]]),
-        std_errors=np.asarray(trace[3] or [combined()[1]]),
+        samples=np.asarray(trace[0]),
+        evaluations=np.asarray(trace[1]),
+        estimates=np.asarray(trace[2]),
+        std_errors=np.asarray(trace[3]),
     )
     result = combine_results(groups, w, costs=c, trace=final, stopped_by=stopped_by)
     return GroupedResult(combined=result, groups=groups, weights=w, costs=c)

@@ -42,7 +42,12 @@ from coto_tools.runtime.dtype import dtype_name
 from coto_tools.runtime.executor import ExecutorConfig, local_device, local_dtype, planned_dtype
 from coto_tools.shapley._sampling import SamplingConfig, evaluation_budget
 from coto_tools.shapley.cache import CachedGame
-from coto_tools.shapley.documents import combine_interactions, combine_results, estimate_documents
+from coto_tools.shapley.documents import (
+    combine_interactions,
+    combine_results,
+    estimate_documents,
+    two_pairs_budget,
+)
 from coto_tools.shapley.game_adapter import (
     AdapterGame,
     adapter_scalings,
@@ -56,7 +61,7 @@ from coto_tools.shapley.log import EvaluationLog
 from coto_tools.shapley.outputs import write_outputs
 from coto_tools.shapley.registry import Estimator, choose_estimator, estimate_shapley, recompute
 from coto_tools.shapley.result import ShapleyResult
-from coto_tools.tasks.base import METRIC_NAMES, Task
+from coto_tools.tasks.base import METRIC_NAMES, Task, uses_metric_sums
 
 DEFAULT_BUDGET = 300
 """Default evaluation budget, in whole-split evaluations: 18 module players (MiniLM q/k/v) take
@@ -78,6 +83,9 @@ worth of documents (0.027 at 300) where the whole split needed 600 (0.072 at 300
 covered 0.94-0.99 from 75 on. On 2 CPU cores a group evaluation costs more than its share of the
 documents (4 of 48: 0.128 of a whole-split one), so in wall time the 18-player game's 150 took
 what 230 whole-split evaluations take."""
+
+SAMPLES_DOCUMENTS = (Estimator.AUTO, Estimator.STRATIFIED)
+"""The estimators a run over document groups can use (each group is sampled by ``stratified``)."""
 
 
 class Metric(str, Enum):
@@ -154,15 +162,7 @@ class ShapleyConfig:
         groups = self.document_groups
         if groups is not None and (not isinstance(groups, int) or groups < 1):
             bad.append(f"--document-groups must be auto or an integer >= 1, got {groups}")
-        elif (
-            groups is not None
-            and groups > 1
-            and self.estimator
-            not in (
-                Estimator.AUTO,
-                Estimator.STRATIFIED,
-            )
-        ):
+        elif groups is not None and groups > 1 and self.estimator not in SAMPLES_DOCUMENTS:
             bad.append(
                 "--document-groups samples each group with stratified; it cannot be used with "
                 f"--estimator {self.estimator.value}"
@@ -441,23 +441,21 @@ def _document_groups(
     before anything is written."""
     if config.document_groups == 1 or n < 2:
         return 1
-    if config.estimator not in (Estimator.AUTO, Estimator.STRATIFIED):
+    if config.estimator not in SAMPLES_DOCUMENTS:
         return 1  # an explicit count with another estimator is refused by ShapleyConfig
     budget = evaluation_budget(n, config.effective_budget(), config.permutations)
     if config.estimator is Estimator.AUTO and choose_estimator(n, budget) is Estimator.EXACT:
         return 1
     local = executor is None or executor.is_local
     shared_ok = evaluator is None or callable(getattr(evaluator, "document_groups", None))
+    need = two_pairs_budget(n)  # two pairs per group (a standard error needs two), any G
     if config.document_groups is None:
-        if not (local and shared_ok):
+        if not (local and shared_ok) or (budget is not None and budget < need):
             return 1
-        if budget is not None and budget < 2 + 4 * (n - 1):
-            return 1  # two pairs per group cost 4 (n - 1) whole-split evaluations, any G
         units = task.document_units(config.split.value)
         return max(1, min(AUTO_DOCUMENT_GROUPS, units // 4)) if units >= 8 else 1
     if not (local and shared_ok):
         raise OptionError("--document-groups needs the local executor (not --executor ray)")
-    need = 2 + 4 * (n - 1)  # two pairs per group (a standard error needs two), any G
     if budget is not None and budget < need:
         raise ShapleyError(
             f"budget {budget} is too small for two antithetic pairs in each of the "
@@ -664,7 +662,7 @@ def _estimate_documents(
     try:
         docs = np.array([v.n_examples for v in views], dtype=np.float64)
         costs = docs / docs.sum()
-        if getattr(evaluator, "_sums", False):  # a metric per token: weigh by the tokens
+        if uses_metric_sums(prep.task):  # a metric per token: weigh by the tokens
             empty = [v.value({}).n for v in views]
             weights = np.asarray(empty, dtype=np.float64)
         else:
