@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from test_executor import run_cli  # noqa: E402
 from test_llm_fixtures import (  # noqa: E402
     UNK,
     load_peft,
@@ -38,7 +39,6 @@ from test_user_task_fixtures import (  # noqa: E402
 
 from coto_tools.adapters.io import load_adapter  # noqa: E402
 from coto_tools.adapters.players import OTHER, make_players  # noqa: E402
-from coto_tools.cli import main  # noqa: E402
 from coto_tools.errors import OptionError, TaskError  # noqa: E402
 from coto_tools.prune.strategies import select_strategy  # noqa: E402
 from coto_tools.runtime.dtype import check_dtype, resolve_dtype  # noqa: E402
@@ -86,16 +86,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     e["bert_ad"] = d / "bert_ad"
     e["csv"] = write_csv(d / "cls.csv", texts(6))
     return e
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _merged(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
@@ -336,7 +326,7 @@ def test_cli_layer_shapley_on_gpt2_bf16_llama_and_bert(env: dict[str, Path], cap
     ]
     for name, extra, n_rows, dtype in runs:
         out = d / f"shap_{name}"
-        code, stdout, err = _run(
+        code, stdout, err = run_cli(
             ["shapley", str(env[name]), "--players", "layer", "--out", str(out), "--quiet",
              "--base-model", str(env[name.removesuffix("_ad")]), "--device", "cpu", *extra],
             capsys,
@@ -351,13 +341,13 @@ def test_cli_layer_shapley_on_gpt2_bf16_llama_and_bert(env: dict[str, Path], cap
         else:
             assert summary["other"] == []
     # without --quiet the memory estimate comes first, on stderr
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["shapley", str(env["llama_ad"]), "--players", "layer", "--out", str(d / "shap_loud"),
          "--data", str(env["pc"]), "--base-model", str(env["llama"]), "--device", "cpu"],
         capsys,
     )  # fmt: skip
     assert code == 0 and "memory estimate on cpu: model" in err and "Loading weights" in err
-    code, _, err = _run(["shapley", str(env["llama_ad"]), "--dtype", "int4"], capsys)
+    code, _, err = run_cli(["shapley", str(env["llama_ad"]), "--dtype", "int4"], capsys)
     assert code == 2 and "--dtype 'int4': allowed auto, float32, bfloat16, float16" in err
 
 
@@ -365,7 +355,7 @@ def test_cli_players_map(env: dict[str, Path], capsys, tmp_path: Path) -> None: 
     pmap = tmp_path / "map.json"
     pmap.write_text(json.dumps({r"\.mlp\.": "mlp", r"layers\.0\.": "attn0"}))
     out = tmp_path / "shap"
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["shapley", str(env["llama_ad"]), "--players-map", str(pmap), "--out", str(out),
          "--data", str(env["pc"]), "--base-model", str(env["llama"]), "--quiet"],
         capsys,
@@ -405,7 +395,7 @@ def test_prune_ranks_the_players_of_a_players_map(  # type: ignore[no-untyped-de
 
     def kept(strategy: str) -> list[str]:
         out = tmp_path / strategy.replace(":", "_")
-        code, _, err = _run(["prune", ck, "--write-pruned", strategy, "--shapley", str(csv_path),
+        code, _, err = run_cli(["prune", ck, "--write-pruned", strategy, "--shapley", str(csv_path),
                              "--players-map", str(pmap), "--out", str(out)], capsys)  # fmt: skip
         assert code == 0, err
         return json.loads((out / "coto_provenance.json").read_text())["pruned"]["kept"]
@@ -420,7 +410,7 @@ def test_prune_ranks_the_players_of_a_players_map(  # type: ignore[no-untyped-de
                                         "model.layers.1.mlp.down_proj"]  # fmt: skip
     out = tmp_path / "prune"
     user = ["--data", str(env["pc"]), "--base-model", str(env["llama"]), "--quiet"]
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["prune", ck, "--strategies", "shapley-top:0.34,shapley-bottom:0.34", "--shapley",
          str(csv_path), "--players-map", str(pmap), "--no-rank-sweep", "--steps", "3",
          "--seeds", "0", "--metric", "logprob", "--out", str(out), *user],
@@ -433,10 +423,10 @@ def test_prune_ranks_the_players_of_a_players_map(  # type: ignore[no-untyped-de
     asc = [r for r in curves if r["curve"] == "shapley-asc"]
     assert [r["players_total"] for r in asc][:1] == ["3"]  # three map players, not six modules
     # without the map the CSV's players match no grouping; the map alone has nothing to rank
-    code, _, err = _run(["prune", ck, "--write-pruned", "shapley-top:0.5", "--shapley",
+    code, _, err = run_cli(["prune", ck, "--write-pruned", "shapley-top:0.5", "--shapley",
                          str(csv_path), "--out", str(tmp_path / "x")], capsys)  # fmt: skip
     assert code == 2 and "needs the same --players-map" in err
-    code, _, err = _run(["prune", ck, "--players-map", str(pmap), "--strategies", "all",
+    code, _, err = run_cli(["prune", ck, "--players-map", str(pmap), "--strategies", "all",
                          "--out", str(tmp_path / "y"), *user], capsys)  # fmt: skip
     assert code == 2 and "--players-map names the players of --shapley values" in err
 
@@ -481,7 +471,7 @@ def test_documented_llama_commands_run(
     for i, argv in enumerate(commands):
         argv = [swap.get(a, str(ROOT / a) if a.startswith("docs/") else a) for a in argv]
         out = tmp_path / f"run{i}"
-        code, stdout, err = _run([*argv, "--out", str(out), "--quiet", "--threads", "1"], capsys)
+        code, stdout, err = run_cli([*argv, "--out", str(out), "--quiet", "--threads", "1"], capsys)
         assert code == 0, err
         summary = json.loads((out / "shapley.json").read_text())
         assert summary["n_examples"] == 3 and summary["grouping"] == "layer"
@@ -503,7 +493,7 @@ def test_prune_and_lmc_on_gpt2_adapters(env: dict[str, Path], capsys, tmp_path: 
         env["gpt2"], tmp_path / "gpt2_b", seed=5, targets=("c_attn", "c_proj"), fan_in_fan_out=True
     )
     user = ["--data", str(env["pc"]), "--base-model", str(env["gpt2"]), "--quiet"]
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["prune", str(env["gpt2_ad"]), "--strategies", "all,everyother,low,kind:qkv",
          "--no-curves", "--ranks", "2,1", "--out", str(tmp_path / "prune"), *user],
         capsys,
@@ -511,7 +501,7 @@ def test_prune_and_lmc_on_gpt2_adapters(env: dict[str, Path], capsys, tmp_path: 
     assert code == 0, err
     rows = (tmp_path / "prune" / "prune.csv").read_text()
     assert "kind:qkv" in rows and "everyother-even" in rows
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["lmc", str(env["gpt2_ad"]), str(second), "--points", "3", "--space", "delta",
          "--out", str(tmp_path / "lmc"), *user],
         capsys,
@@ -537,7 +527,7 @@ def test_merge_eval_reports_accuracy_norm(env: dict[str, Path], capsys, tmp_path
     second = peft_lm_adapter(
         env["llama"], tmp_path / "b", seed=7, targets=("q_proj", "v_proj", "down_proj")
     )
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["merge", str(env["llama_ad"]), str(second), "--out", str(tmp_path / "m"), "--eval",
          "--data", str(env["mc"]), "--base-model", str(env["llama"]), "--dtype", "bfloat16"],
         capsys,
@@ -625,7 +615,7 @@ def test_cli_document_groups_on_a_per_token_task(
 ) -> None:  # type: ignore[no-untyped-def]
     """A grouped run on GPT-2 prompt/completion data: groups weighted by their scored tokens."""
     out = tmp_path / "g"
-    code, stdout, err = _run(
+    code, stdout, err = run_cli(
         ["shapley", str(env["gpt2_ad"]), "--players", "module", "--estimator", "stratified",
          "--budget", "30", "--document-groups", "2", "--batch-size", "1", "--out", str(out),
          "--quiet", "--base-model", str(env["gpt2"]), "--data", str(env["pc"])],

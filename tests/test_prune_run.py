@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_executor import run_cli
 
 from coto_tools.adapters import load_adapter
 from coto_tools.adapters.lora import LoraAdapter
-from coto_tools.cli import main
 from coto_tools.prune import PruneConfig, rank_truncation, run_prune, write_outputs
 from coto_tools.runtime.gated import inject
 from coto_tools.tasks import get_task
@@ -139,22 +139,12 @@ def test_report_end_to_end(runs: dict[str, Path], tmp_path: Path) -> None:
     assert "not judged" in report
 
 
-def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 def test_cli_default_out_and_refuse_existing(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["prune", str(runs["coto"]), "--strategies", "all,high", "--no-curves",
             "--no-rank-sweep", "--split", "quick", "--quiet", "--label", "mine"]  # fmt: skip
-    code, out, err = _run_cli(args, capsys)
+    code, out, err = run_cli(args, capsys)
     assert code == 0, err
     report = runs["coto"] / "prune" / "prune_report.md"
     assert report.is_file() and "high" in report.read_text()
@@ -164,9 +154,9 @@ def test_cli_default_out_and_refuse_existing(
         ("mine", "all"),
         ("mine", "high"),
     ]
-    code, _, err = _run_cli(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and "exist" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _run_cli([*args, "--force"], capsys)
+    code, _, err = run_cli([*args, "--force"], capsys)
     assert code == 0, err
 
 
@@ -175,7 +165,7 @@ def test_write_pruned(
 ) -> None:
     out = tmp_path / "pruned"
     args = ["prune", str(runs["lora"]), "--write-pruned", "everyother-even", "--out", str(out)]
-    code, stdout, err = _run_cli(args, capsys)
+    code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     pruned = load_adapter(out)
     assert sorted(pruned.names) == sorted(f"encoder.layer.0.{m}" for m in (Q, K, V))
@@ -183,9 +173,9 @@ def test_write_pruned(
     for name in pruned.names:
         torch.testing.assert_close(pruned[name].A, src[name].A, atol=0, rtol=0)
         torch.testing.assert_close(pruned[name].B, src[name].B, atol=0, rtol=0)
-    code, _, err = _run_cli(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _run_cli([*args[:3], "kind:k", "--out", str(out), "--force"], capsys)
+    code, _, err = run_cli([*args[:3], "kind:k", "--out", str(out), "--force"], capsys)
     assert code == 0, err
     assert sorted(load_adapter(out).names) == [f"encoder.layer.{i}.{K}" for i in range(2)]
 
@@ -207,11 +197,11 @@ def test_write_pruned(
 def test_cli_bad_input_is_one_line_exit_2(
     runs: dict[str, Path], extra: list[str], match: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _run_cli(["prune", str(runs["lora"]), "--quiet", *extra], capsys)
+    code, _, err = run_cli(["prune", str(runs["lora"]), "--quiet", *extra], capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and match in err
 
 
 def test_cli_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run_cli(["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run_cli(["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "no such checkpoint" in err

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_executor import run_cli
 
-from coto_tools.cli import main
 from coto_tools.shapley import shapley_from_table
 from coto_tools.shapley.run import LOG_FILE
 from coto_tools.train import TrainConfig, train
@@ -35,13 +35,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(["shapley", *argv])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_cli(["shapley", *argv], capsys)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_executor import run_cli
 
 from coto_tools.errors import OptionError, ShapleyError
 from coto_tools.shapley import estimate_shapley
@@ -242,15 +243,7 @@ def test_group_evaluators_add_up_to_the_whole(tiny_run: Path) -> None:
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from coto_tools.cli import main
-
-    try:
-        main(["shapley", *argv])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_cli(["shapley", *argv], capsys)
 
 
 def test_cli_document_groups_run_resume_and_refusals(

@@ -11,7 +11,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from coto_tools.cli import main  # noqa: E402
+from test_executor import run_cli  # noqa: E402
+
 from coto_tools.errors import CheckpointError  # noqa: E402
 from coto_tools.runtime.gated import inject  # noqa: E402
 from coto_tools.tasks.base import metrics_from_logits  # noqa: E402
@@ -29,16 +30,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 TINY = ["train", "--task", "tiny", "--steps", "60", "--lr", "1e-2", "--rank", "4", "--quiet"]
 
 
@@ -53,7 +44,9 @@ def test_trained_adapter_beats_zero_shot_on_tiny() -> None:
 
 def test_train_writes_a_self_contained_run_directory(tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    code, stdout, err = _run([*TINY, "--seed", "3", "--targets", "q,v", "--out", str(out)], capsys)
+    code, stdout, err = run_cli(
+        [*TINY, "--seed", "3", "--targets", "q,v", "--out", str(out)], capsys
+    )
     assert code == 0, err
     assert "accuracy" in stdout and "zero-shot" in stdout
     rec = json.loads((out / "coto.json").read_text())
@@ -89,13 +82,13 @@ def test_train_writes_a_self_contained_run_directory(tmp_path, capsys) -> None:
 def test_train_refuses_existing_out_and_bad_options(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    code, _, err = _run([*TINY, "--out", str(out)], capsys)
+    code, _, err = run_cli([*TINY, "--out", str(out)], capsys)
     assert code == 2 and "exists" in err and "--force" in err
-    code, _, err = _run([*TINY, "--targets", "gate", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = run_cli([*TINY, "--targets", "gate", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "kinds available" in err
-    code, _, err = _run([*TINY, "--shots", "4", "--out", str(tmp_path / "y")], capsys)
+    code, _, err = run_cli([*TINY, "--shots", "4", "--out", str(tmp_path / "y")], capsys)
     assert code == 2 and "shots" in err  # tiny has no few-shot variant: named, not ignored
-    code, _, err = _run([*TINY, "--p-start", "2", "--out", str(tmp_path / "z")], capsys)
+    code, _, err = run_cli([*TINY, "--p-start", "2", "--out", str(tmp_path / "z")], capsys)
     assert code == 2 and "p_start" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
@@ -103,7 +96,7 @@ def test_train_refuses_existing_out_and_bad_options(tmp_path, capsys) -> None:
 def test_same_seed_same_bytes_through_the_cli(tmp_path, capsys) -> None:
     args = ["train", "--task", "tiny", "--steps", "12", "--quiet", "--lora-dropout", "0.1"]
     for name in ("a", "b"):
-        assert _run([*args, "--out", str(tmp_path / name)], capsys)[0] == 0
+        assert run_cli([*args, "--out", str(tmp_path / name)], capsys)[0] == 0
     wa = (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
     wb = (tmp_path / "b" / "adapter_model.safetensors").read_bytes()
     assert wa == wb
@@ -124,7 +117,7 @@ def test_train_dtype(tmp_path, capsys) -> None:
     args = ["train", "--task", "tiny", "--steps", "12", "--quiet"]
     runs = {"plain": [], "auto": ["--dtype", "auto"], "bf16": ["--dtype", "bf16"]}
     for name, extra in runs.items():
-        code, _, err = _run([*args, *extra, "--out", str(tmp_path / name)], capsys)
+        code, _, err = run_cli([*args, *extra, "--out", str(tmp_path / name)], capsys)
         assert code == 0, err
     weights = {n: (tmp_path / n / "adapter_model.safetensors").read_bytes() for n in runs}
     assert weights["auto"] == weights["plain"] != weights["bf16"]
@@ -144,13 +137,13 @@ def test_train_dtype(tmp_path, capsys) -> None:
     assert again.as_dict() == pytest.approx(rec["metrics"], rel=1e-6)
     assert "--dtype bfloat16" in train_command(rec["config"], "x")
     assert "--dtype" not in train_command(plain["config"], "x")
-    code, _, err = _run([*args, "--dtype", "int4", "--out", str(tmp_path / "bad")], capsys)
+    code, _, err = run_cli([*args, "--dtype", "int4", "--out", str(tmp_path / "bad")], capsys)
     assert code == 2 and "--dtype 'int4'" in err and not (tmp_path / "bad").exists()
 
 
 def test_train_inspect_merge_round_trip(tmp_path, capsys) -> None:
     for seed in (0, 1):
-        code, _, err = _run(
+        code, _, err = run_cli(
             [
                 "train",
                 "--task",
@@ -166,12 +159,12 @@ def test_train_inspect_merge_round_trip(tmp_path, capsys) -> None:
             capsys,
         )
         assert code == 0, err
-    code, stdout, err = _run(["inspect", str(tmp_path / "s0"), "--json"], capsys)
+    code, stdout, err = run_cli(["inspect", str(tmp_path / "s0"), "--json"], capsys)
     assert code == 0, err
     report = json.loads(stdout)
     assert "encoder.layer.1.attention.self.value" in json.dumps(report)
     merged = tmp_path / "merged"
-    code, _, err = _run(
+    code, _, err = run_cli(
         [
             "merge",
             str(tmp_path / "s0"),

@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("peft")
 
+from test_executor import run_cli  # noqa: E402
 from test_user_task_fixtures import (  # noqa: E402
     peft_adapter,
     save_bert_classifier,
@@ -19,8 +20,6 @@ from test_user_task_fixtures import (  # noqa: E402
     write_csv,
     write_jsonl,
 )
-
-from coto_tools.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +42,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return e
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_prune_with_default_base_model(env: dict[str, Path], capsys) -> None:  # type: ignore[no-untyped-def]
     d = env["dir"]
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "prune",
             str(d / "ckpt"),
@@ -90,18 +79,18 @@ def test_shapley_resumes_with_the_recorded_user_task(env: dict[str, Path], capsy
         "--out",
         str(d / "s"),
     ]
-    code, out, err = _run(args, capsys)
+    code, out, err = run_cli(args, capsys)
     assert code == 0, err
     assert "4 evaluations (4 computed now" in out
     rec = json.loads((d / "s" / "shapley.json").read_text())
     assert rec["task"].startswith("user:{")
-    code, out, err = _run(args, capsys)
+    code, out, err = run_cli(args, capsys)
     assert code == 0 and "0 computed now, 4 from the log" in out
 
 
 def test_lmc_prompt_head_and_head_conflict(env: dict[str, Path], capsys) -> None:  # type: ignore[no-untyped-def]
     d = env["dir"]
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "lmc",
             str(d / "enc1"),
@@ -121,7 +110,7 @@ def test_lmc_prompt_head_and_head_conflict(env: dict[str, Path], capsys) -> None
     assert code == 0, err
     assert "loss barrier" in out and (d / "l" / "lmc.json").is_file()
     # two PEFT sequence-classification adapters with their own trained heads: refused
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "lmc",
             str(d / "ckpt"),
@@ -139,7 +128,7 @@ def test_lmc_prompt_head_and_head_conflict(env: dict[str, Path], capsys) -> None
 
 def test_merge_eval_causal_lm(env: dict[str, Path], capsys) -> None:  # type: ignore[no-untyped-def]
     d = env["dir"]
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "merge",
             str(d / "lm1"),
@@ -163,7 +152,7 @@ def test_merge_eval_causal_lm(env: dict[str, Path], capsys) -> None:  # type: ig
         "eval merged",
     ]
     assert all("perplexity" in x for x in lines)
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "merge",
             str(d / "lm1"),
@@ -176,7 +165,7 @@ def test_merge_eval_causal_lm(env: dict[str, Path], capsys) -> None:  # type: ig
         capsys,
     )
     assert code == 2 and "add --eval" in err and not (d / "m2").exists()
-    code, out, err = _run(["merge", str(d / "lm1"), "--out", str(d / "m3"), "--eval"], capsys)
+    code, out, err = run_cli(["merge", str(d / "lm1"), "--out", str(d / "m3"), "--eval"], capsys)
     assert code == 2 and "--eval needs a task" in err
 
 
@@ -188,7 +177,7 @@ def test_prune_with_task_plugin(env: dict[str, Path], capsys, tmp_path: Path) ->
         "    return get_task('user', base_model=base_model, data=data, limit=limit)\n"
     )
     d = env["dir"]
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "prune",
             str(d / "ckpt"),
@@ -211,7 +200,7 @@ def test_prune_with_task_plugin(env: dict[str, Path], capsys, tmp_path: Path) ->
     assert code == 0, err
     rows = list(csv.DictReader((tmp_path / "p" / "prune.csv").open()))
     assert rows[0]["n"] == "6"
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "prune",
             str(d / "ckpt"),
